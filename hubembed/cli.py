@@ -1,0 +1,165 @@
+"""The command line: parse arguments, call the library, print. No work of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__, config
+from .errors import HubembedError
+
+log = logging.getLogger("hubembed")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubembed", description="Embed a text dataset and publish it on the Hugging Face Hub."
+    )
+    parser.add_argument("--version", action="version", version=f"hubembed {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = commands.add_parser(
+        "build",
+        help="embed SRC and publish it to DST",
+        description="Embed a text column of SRC and publish the rows with an 'embedding' column to DST. "
+        "SRC: a Hub dataset id (user/name), a local csv/json/jsonl/parquet file or folder, or "
+        "sample:medicare-faqs. DST: a Hub dataset id (user/name, or hf://datasets/user/name) or a local "
+        "folder (./name).",
+    )
+    b.add_argument("src", metavar="SRC")
+    b.add_argument("dst", metavar="DST")
+    b.add_argument("--column", help="the text column (default: the only string column)")
+    b.add_argument("--model", default=config.DEFAULT_MODEL, help="a Hub model id or a local folder")
+    b.add_argument("--model-revision", help="a revision (branch, tag or commit) of --model")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    b.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
+    b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
+    b.add_argument("--config", dest="config_name", metavar="NAME", help="the configuration of SRC")
+    b.add_argument("--split", help="the split of SRC (default: the only split, else train)")
+    b.add_argument("--private", action="store_true", help="create DST as a private repo")
+    prompt = b.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-name", help="one of the model's prompts, e.g. Retrieval-document")
+    prompt.add_argument("--prompt", help="a literal prompt put before every text")
+    b.add_argument("--truncate-dim", type=int, metavar="D", help="keep the first D dimensions (Matryoshka)")
+    b.add_argument("--no-normalize", dest="normalize", action="store_false", help="keep raw vector lengths")
+    b.add_argument(
+        "--layout", choices=["default", "blog"], default="default", help="blog: embeddings.csv only"
+    )
+    b.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
+    b.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out rows whose text is null or empty (default: refuse such a source)",
+    )
+
+    s = commands.add_parser("search", help="search an embedded dataset", description="Search DST for QUERY.")
+    s.add_argument("dst", metavar="DST", help="a Hub dataset id or a local folder built by hubembed")
+    s.add_argument("query", metavar="QUERY")
+    s.add_argument("-k", "--top-k", type=int, default=5, help="how many hits (default: 5)")
+    s.add_argument("--revision", help="a revision of DST")
+    s.add_argument("--model", help="embed the query with this model instead of the card's")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true", help="print hits as a JSON list")
+    return parser
+
+
+def _setup_output(args: argparse.Namespace) -> bool | None:
+    """Logging and progress bars for this run; returns the `progress` flag for the library."""
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    import os
+
+    # The libraries underneath print their own bars and notices; keep them for -v only.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:
+        from datasets.utils import logging as ds_logging
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as tf_logging
+
+        disable_progress_bars()
+        ds_logging.disable_progress_bar()
+        ds_logging.set_verbosity_error()
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    return False if args.quiet else None
+
+
+def _build(args: argparse.Namespace, progress: bool | None) -> int:
+    from .pipeline import build
+
+    result = build(
+        args.src,
+        args.dst,
+        column=args.column,
+        model=args.model,
+        model_revision=args.model_revision,
+        device=args.device,
+        batch_size=args.batch_size,
+        revision=args.revision,
+        config_name=args.config_name,
+        split=args.split,
+        private=args.private,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        truncate_dim=args.truncate_dim,
+        normalize=args.normalize,
+        layout=args.layout,
+        trust_remote_code=args.trust_remote_code,
+        skip_empty=args.skip_empty,
+        progress=progress,
+    )
+    if not args.quiet:
+        print(f"{result.destination}: {result.rows} rows, {result.dimension}-d, at {result.location}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .loader import load
+
+    index = load(args.dst, args.revision, model=args.model, device=args.device)
+    hits = index.search(args.query, top_k=args.top_k)
+    column = index.text_column
+    records: list[dict[str, Any]] = []
+    for rank, hit in enumerate(hits, start=1):
+        record = {"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6)}
+        record.update(hit["row"])
+        records.append(record)
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, default=str))
+        return 0
+    for r in records:
+        text = r.get(column) if column else None
+        print(f"{r['rank']:>3}  {r['score']:.4f}  {text if text is not None else '#' + str(r['corpus_id'])}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hubembed` command. Returns the exit code."""
+    args = _parser().parse_args(argv)
+    progress = _setup_output(args)
+    try:
+        if args.command == "build":
+            return _build(args, progress)
+        return _search(args)
+    except HubembedError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted: nothing was published.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

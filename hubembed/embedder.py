@@ -1,0 +1,100 @@
+"""Embedders: each turns one batch of texts into vectors. Batching, retries and progress
+belong to the pipeline, not here."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How texts are turned into vectors. Recorded in the card, and reused for queries."""
+
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
+    normalize: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Embedder(ABC):
+    """One method to implement: ``embed_batch``."""
+
+    #: the vector length, known once the model is loaded
+    dimension: int
+
+    @abstractmethod
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        """Return a float32 array of shape (len(texts), dimension), rows in input order."""
+
+
+class LocalEmbedder(Embedder):
+    """sentence-transformers on this machine (CPU or GPU)."""
+
+    def __init__(self, model: SentenceTransformer, settings: EmbedSettings) -> None:
+        self.model = model
+        self.settings = settings
+        prompts = model.prompts or {}
+        if settings.prompt_name is not None and settings.prompt_name not in prompts:
+            names = ", ".join(repr(n) for n in prompts) or "none"
+            raise ModelError(
+                f"the model has no prompt named {settings.prompt_name!r}; its prompts: {names} "
+                "(or give a literal prompt with --prompt)"
+            )
+        full = model.get_embedding_dimension()
+        if settings.truncate_dim is not None and not 0 < settings.truncate_dim <= (full or 0):
+            raise ModelError(f"--truncate-dim {settings.truncate_dim} must be between 1 and {full}")
+        self.dimension = int(settings.truncate_dim or full or 0)
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        out = self.model.encode(
+            texts,
+            prompt_name=self.settings.prompt_name,
+            prompt=self.settings.prompt,
+            batch_size=max(len(texts), 1),
+            normalize_embeddings=self.settings.normalize,
+            truncate_dim=self.settings.truncate_dim,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def has_normalize_module(self) -> bool:
+        return any(type(m).__name__ == "Normalize" for m in self.model)
+
+    def outputs_unit_vectors(self) -> bool:
+        """Whether stored vectors are unit length: asked for, or built into the model.
+
+        A model's own Normalize layer runs before Matryoshka truncation, so a truncated
+        vector is only unit length when we normalise it ourselves.
+        """
+        return self.settings.normalize or (self.has_normalize_module() and not self.settings.truncate_dim)
+
+
+def query_settings(doc: EmbedSettings, prompts: Mapping[str, str | None]) -> EmbedSettings:
+    """The settings for embedding search queries against vectors built with DOC.
+
+    Asymmetric models name their prompts in pairs ("document"/"query",
+    "Retrieval-document"/"Retrieval-query"): queries take the query side. A model with a
+    non-empty "query" prompt uses it. Otherwise queries are embedded like the documents.
+    """
+    if doc.prompt_name:
+        for old, new in (("document", "query"), ("Document", "Query"), ("passage", "query")):
+            candidate = doc.prompt_name.replace(old, new)
+            if candidate != doc.prompt_name and candidate in prompts:
+                return replace(doc, prompt_name=candidate, prompt=None)
+    if prompts.get("query"):
+        return replace(doc, prompt_name="query", prompt=None)
+    return doc

