@@ -199,15 +199,47 @@ def _pick(dd: Any, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
     return dd[split]
 
 
-def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
-    import datasets
+_READERS = (".parquet", ".csv", ".json", ".jsonl")
 
+
+def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
+    """Read local files straight into Arrow, memory-mapped where possible.
+
+    Not through load_dataset: its cache keys a local folder by file names and times, so a
+    folder rebuilt in place can come back as the previous build.
+    """
     if path.is_file():
-        builder = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}.get(path.suffix)
-        if builder is None:
-            raise SourceError(f"cannot read {path}: give a folder, or a csv, json or parquet file")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    return _pick(datasets.load_dataset(str(path)), meta, split)
+        files = [path]
+    else:
+        split = split or (meta.get("source") or {}).get("split") or config.DEFAULT_SPLIT
+        shards = sorted(path.glob(f"data/{split}-*.parquet"))
+        files = shards or sorted(
+            p for p in path.rglob("*") if p.suffix in _READERS and ".cache" not in p.parts
+        )
+    if not files or any(p.suffix not in _READERS for p in files):
+        raise SourceError(
+            f"cannot read {path}: give a folder built by hubembed, or a csv, json or parquet file"
+        )
+    return _read_files(files)
+
+
+def _read_files(files: list[Path]) -> datasets.Dataset:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in files:
+        if f.suffix == ".parquet":
+            tables.append(pq.read_table(f, memory_map=True))
+        elif f.suffix == ".csv":
+            tables.append(pcsv.read_csv(f))
+        else:
+            tables.append(pjson.read_json(f))
+    # Dataset(table) restores datasets' features from the schema metadata the shards carry.
+    return datasets.Dataset(pa.concat_tables(tables))
 
 
 def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> str | None:

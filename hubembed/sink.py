@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _hub, card
-from .errors import AuthError, DestinationError, HubUnreachableError
+from .errors import AuthError, DestinationError, HubembedError, HubUnreachableError
 
 log = logging.getLogger("hubembed")
 
@@ -200,7 +200,9 @@ class HubSink(Sink):
                 ) from exc
             if status in (401, 403):
                 raise DestinationError(f"the Hub refused to let this token write to {self.repo_id}") from exc
-            raise
+            raise HubembedError(
+                f"pushing to {self.repo_id} failed (HTTP {status}); nothing was published, run the build again"
+            ) from exc
         finally:
             self.discard(staged)
         return str(commit.oid)

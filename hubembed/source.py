@@ -74,6 +74,8 @@ def _open_local(path: Path, src: str, split: str | None) -> tuple[datasets.Datas
     try:
         ds = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
     except Exception as exc:  # datasets raises many types for malformed files
+        if "corresponds to no data" in str(exc):  # a csv with a header and no rows
+            raise SourceError(f"the source dataset is empty: {src!r} has no rows to embed") from exc
         raise SourceError(f"cannot read {src!r}: {exc}") from exc
     digest = hashlib.sha256()
     for p in files:
@@ -88,6 +90,7 @@ def _open_hub(
     repo_id: str, revision: str | None, config_name: str | None, split: str | None, token: str | None
 ) -> tuple[datasets.Dataset, SourceInfo]:
     import datasets
+    from datasets.exceptions import DatasetNotFoundError
     from huggingface_hub import HfApi
 
     try:
@@ -103,6 +106,14 @@ def _open_hub(
             split = _pick_split(builder, repo_id)
         builder.download_and_prepare()
         ds = builder.as_dataset(split=split)
+    except DatasetNotFoundError as exc:
+        # Gated datasets show their metadata to anyone; datasets finds out when it reads files.
+        if "gated" in str(exc):
+            raise SourceError(
+                f"dataset {repo_id!r} is gated: accept its conditions at {_hub.repo_url(repo_id)} "
+                f"and {_hub.LOGIN_HINT}"
+            ) from exc
+        raise SourceError(f"cannot read dataset {repo_id!r}: {exc}") from exc
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise SourceError(f"cannot read dataset {repo_id!r}: {exc}") from exc
     assert isinstance(ds, datasets.Dataset)
