@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=config.DEFAULT_MODEL, help="a Hub model id or a local folder")
     b.add_argument("--model-revision", help="a revision (branch, tag or commit) of --model")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    b.add_argument("--batch-size", type=int, default=64, help="texts per batch (default: 64)")
+    b.add_argument("--batch-size", type=int, help="texts per batch (default: 64 local, 32 remote)")
     b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
     b.add_argument("--config", dest="config_name", metavar="NAME", help="the configuration of SRC")
     b.add_argument("--split", help="the split of SRC (default: the only split, else train)")
@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
         "--layout", choices=["default", "blog"], default="default", help="blog: embeddings.csv only"
     )
     b.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
+    b.add_argument("--force", action="store_true", help="re-embed every row, reusing nothing")
+    r = b.add_argument_group("remote embedding (instead of a local model)")
+    r.add_argument(
+        "--remote",
+        nargs="?",
+        const="router",
+        metavar="URL",
+        help="embed through an API: alone, the HF Inference API's route for --model; or an endpoint URL "
+        "(Inference Endpoints, TEI /embed, or an OpenAI-compatible .../v1/embeddings)",
+    )
+    r.add_argument("--api", choices=["hf", "openai"], help="the request format (default: from the URL)")
+    r.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    r.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    r.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS", help="per request")
     b.add_argument(
         "--skip-empty",
         action="store_true",
@@ -118,10 +132,23 @@ def _build(args: argparse.Namespace, progress: bool | None) -> int:
         layout=args.layout,
         trust_remote_code=args.trust_remote_code,
         skip_empty=args.skip_empty,
+        force=args.force,
+        remote=args.remote,
+        api=args.api,
+        concurrency=args.concurrency,
+        time_budget=args.time_budget,
+        request_timeout=args.request_timeout,
         progress=progress,
     )
-    if not args.quiet:
-        print(f"{result.destination}: {result.rows} rows, {result.dimension}-d, at {result.location}")
+    if args.quiet:
+        return 0
+    if result.up_to_date:
+        print(f"{result.destination}: up to date ({result.rows} rows); nothing to do")
+    else:
+        print(
+            f"{result.destination}: {result.rows} rows, {result.dimension}-d "
+            f"({result.embedded} embedded, {result.rows - result.embedded} reused), at {result.location}"
+        )
     return 0
 
 

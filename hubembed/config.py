@@ -35,6 +35,12 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def inference_base() -> str:
+    """Base of the HF router's hf-inference routes; HUBEMBED_INFERENCE_BASE points it elsewhere
+    (a proxy, or a local server in tests)."""
+    return os.environ.get("HUBEMBED_INFERENCE_BASE", "https://router.huggingface.co/hf-inference").rstrip("/")
+
+
 def cache_dir() -> Path:
     """Where hubembed keeps its own working files (checkpoints), under the HF cache."""
     override = os.environ.get("HUBEMBED_CACHE")

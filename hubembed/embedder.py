@@ -32,12 +32,17 @@ class EmbedSettings:
 class Embedder(ABC):
     """One method to implement: ``embed_batch``."""
 
-    #: the vector length, known once the model is loaded
-    dimension: int
+    #: the vector length: known once a local model is loaded, after the first answer for a remote one
+    dimension: int | None
+    #: how many batches the pipeline may have in flight at once
+    max_concurrency: int = 1
 
     @abstractmethod
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
-        """Return a float32 array of shape (len(texts), dimension), rows in input order."""
+    def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        """Return a float32 array of shape (len(texts), dimension), rows in input order.
+
+        TIMEOUT bounds a remote request; local embedders ignore it.
+        """
 
 
 class LocalEmbedder(Embedder):
@@ -58,7 +63,7 @@ class LocalEmbedder(Embedder):
             raise ModelError(f"--truncate-dim {settings.truncate_dim} must be between 1 and {full}")
         self.dimension = int(settings.truncate_dim or full or 0)
 
-    def embed_batch(self, texts: list[str]) -> np.ndarray:
+    def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         out = self.model.encode(
             texts,
             prompt_name=self.settings.prompt_name,
@@ -70,17 +75,6 @@ class LocalEmbedder(Embedder):
             show_progress_bar=False,
         )
         return np.asarray(out, dtype=np.float32)
-
-    def has_normalize_module(self) -> bool:
-        return any(type(m).__name__ == "Normalize" for m in self.model)
-
-    def outputs_unit_vectors(self) -> bool:
-        """Whether stored vectors are unit length: asked for, or built into the model.
-
-        A model's own Normalize layer runs before Matryoshka truncation, so a truncated
-        vector is only unit length when we normalise it ourselves.
-        """
-        return self.settings.normalize or (self.has_normalize_module() and not self.settings.truncate_dim)
 
 
 def query_settings(doc: EmbedSettings, prompts: Mapping[str, str | None]) -> EmbedSettings:

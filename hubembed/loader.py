@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _hub, config
 from .card import read_metadata
-from .embedder import EmbedSettings, LocalEmbedder
+from .embedder import EmbedSettings, LocalEmbedder, query_settings
 from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
 
@@ -82,6 +82,12 @@ class EmbeddedDataset:
             truncate_dim=meta.get("truncate_dim"),
             normalize=bool(meta.get("normalize", True)),
         )
+        if settings.prompt_name is None and settings.prompt is None:
+            # A remote build could not see the model's prompts: derive the query side here.
+            documents = EmbedSettings(
+                meta.get("prompt_name"), meta.get("prompt"), settings.truncate_dim, settings.normalize
+            )
+            settings = query_settings(documents, model.prompts or {})
         return LocalEmbedder(model, settings)
 
     def embed_queries(self, queries: list[str]) -> torch.Tensor:
@@ -108,11 +114,10 @@ class EmbeddedDataset:
         hits = semantic_search(
             vectors, self.embeddings, top_k, normalized=bool(self.metadata.get("normalized"))
         )
-        rows = (
-            self.dataset.remove_columns(self.embedding_columns)
-            if self.metadata.get("layout") != "blog"
-            else None
-        )
+        # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
+        hidden = [*self.embedding_columns, self.metadata.get("hash_column")]
+        shown = [c for c in self.dataset.column_names if c not in hidden]
+        rows = self.dataset.select_columns(shown) if self.metadata.get("layout") != "blog" else None
         for per_query in hits:
             for hit in per_query:
                 hit["row"] = rows[hit["corpus_id"]] if rows is not None and rows.num_columns else {}

@@ -1,43 +1,47 @@
-"""The build: source -> embedder -> sink. Batching and progress live here, once."""
+"""The build: source -> embedder -> sink.
+
+A build is also the refresh: run again on an existing DST it does nothing when neither the
+source nor the settings changed, and otherwise embeds only the texts it has no vector for
+(from the previous build or from the checkpoints of an interrupted one).
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from . import config
-from .card import render_card
+from . import config, refresh
+from .batching import embed_all
+from .card import read_metadata
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
-from .errors import UsageError
-from .models import load_model, resolve_model
+from .errors import TimeBudgetExceeded, UsageError
+from .models import load_model, pick_device, resolve_model
+from .output import write_blog, write_shards
+from .retry import RetryPolicy
 from .sink import Sink, open_sink
-from .source import check_texts, choose_column, open_source
-
-if TYPE_CHECKING:
-    import datasets
+from .source import SourceInfo, check_texts, choose_column, open_source
 
 log = logging.getLogger("hubembed")
 
 LAYOUTS = ("default", "blog")
-# Shards of about this many bytes, like datasets' push_to_hub.
-MAX_SHARD_BYTES = 500 << 20
+EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
 
 
 @dataclass
 class BuildResult:
-    """What a build produced: where it went and what the card records."""
+    """What a build did: where it went, how many texts it embedded, what the card records."""
 
     destination: str
     location: str  # commit sha for the Hub, the folder for a local DST
     rows: int
     dimension: int
+    embedded: int  # texts embedded by this run (the rest were reused)
+    up_to_date: bool
     metadata: dict[str, Any] = field(repr=False)
 
 
@@ -49,7 +53,7 @@ def build(
     model: str = config.DEFAULT_MODEL,
     model_revision: str | None = None,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     revision: str | None = None,
     config_name: str | None = None,
     split: str | None = None,
@@ -61,154 +65,206 @@ def build(
     layout: str = "default",
     trust_remote_code: bool = False,
     skip_empty: bool = False,
+    force: bool = False,
+    remote: str | None = None,
+    api: str | None = None,
+    concurrency: int = 4,
+    time_budget: float | None = None,
+    request_timeout: float = 120.0,
     progress: bool | None = None,
-    embedder_factory: Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]] | None = None,
+    embedder_factory: EmbedderFactory | None = None,
 ) -> BuildResult:
     """Embed column COLUMN of SRC and publish the result to DST (a Hub repo id or a folder).
 
-    ``progress=None`` shows a progress bar only on a terminal. Raises UsageError subclasses
-    (exit code 2) for input the user can fix; DST is untouched on any failure.
+    ``remote`` embeds through an API instead of locally: "router" for the HF Inference API's
+    route for MODEL, or an endpoint URL. ``progress=None`` shows a bar only on a terminal.
+    Raises UsageError subclasses (exit code 2) for input the user can fix; DST is untouched
+    on any failure, and an interrupted build resumes from its checkpoints when run again.
     """
     if prompt_name and prompt:
         raise UsageError("give either --prompt-name or --prompt, not both")
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    if batch_size is None:
+        batch_size = 32 if remote else 64  # 32: TEI's default max_client_batch_size
+    if batch_size < 1 or concurrency < 1:
+        raise UsageError("--batch-size and --concurrency must be at least 1")
     token = config.hf_token()
     sink = open_sink(dst, token=token, private=private)
     sink.preflight()
+    previous = read_metadata(sink.existing_card() or "")
 
     ds, source = open_source(src, revision=revision, config_name=config_name, split=split, token=token)
     source.column = choose_column(ds, column)
     ds, skipped = check_texts(ds, source.column, skip_empty=skip_empty)
 
     settings = EmbedSettings(prompt_name, prompt, truncate_dim, normalize)
+    make: Callable[[], tuple[Embedder, dict[str, Any]]]
     if embedder_factory is not None:
-        embedder, model_meta = embedder_factory(settings)
+        factory = embedder_factory
+        embedder, model_meta = factory(settings)
+        make = lambda: (embedder, model_meta)  # noqa: E731
+    elif remote:
+        model_meta = {"model": model, "model_revision": model_revision, "model_origin": f"remote ({remote})"}
+        make = lambda: _remote_embedder(remote, api, model, settings, token, concurrency)  # noqa: E731
     else:
-        embedder, model_meta = _local_embedder(
-            model, model_revision, device, trust_remote_code, settings, token
-        )
+        pick_device(device)  # a bad --device is an error even when nothing needs embedding
+        resolved = resolve_model(model, revision=model_revision, token=token)
+        model_meta = {
+            "model": resolved.model_id,
+            "model_revision": resolved.revision,
+            "model_origin": resolved.origin,
+        }
+        make = lambda: _local_embedder(resolved, device, trust_remote_code, settings, token)  # noqa: E731
+    meta: dict[str, Any] = {**model_meta, **settings.to_dict(), "trust_remote_code": trust_remote_code}
+    settings_key = refresh.fingerprint(meta)
+    same_settings = (
+        bool(previous) and refresh.fingerprint(previous) == settings_key and previous.get("layout") == layout
+    )
+
+    if (
+        same_settings
+        and not force
+        and _same_source(previous, source)
+        and previous.get("skipped_rows", 0) == skipped
+    ):
+        log.info("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
+        return BuildResult(sink.ref, sink.ref, previous["rows"], previous["dimension"], 0, True, previous)
 
     texts: list[str] = ds.data.column(source.column).to_pylist()
-    vectors = embed_all(embedder, texts, batch_size=batch_size, progress=progress)
+    hashes = refresh.text_hashes(texts)
+    cache = refresh.VectorCache()
+    checkpoint = refresh.Checkpoint(
+        f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key
+    )
+    if force:
+        checkpoint.clear()
+    else:
+        _reuse(previous, same_settings, sink, cache)
+        resumed = checkpoint.load_into(cache)
+        if resumed:
+            log.info("resuming: %d vectors saved by an interrupted build", resumed)
 
-    meta = {
-        **model_meta,
-        "dimension": embedder.dimension,
-        "rows": len(texts),
-        "skipped_rows": skipped,
-        "source": source.to_dict(),
-        "layout": layout,
-        "embedding_column": config.EMBEDDING_COLUMN,
-        "engine": "local",
-        "hubembed_version": _version(),
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    todo_hashes, todo_texts = _missing(hashes, texts, cache)
+    query_meta = {k: previous.get(k) for k in ("query_prompt_name", "query_prompt")} if same_settings else {}
+    if todo_texts:
+        embedder, extra = make()
+        query_meta = extra
+
+        def save(start: int, vectors: np.ndarray) -> None:
+            checkpoint.save(todo_hashes[start : start + len(vectors)], vectors)
+
+        policy = RetryPolicy(request_timeout=request_timeout)
+        try:
+            fresh = embed_all(
+                embedder,
+                todo_texts,
+                batch_size=batch_size,
+                progress=progress,
+                policy=policy,
+                time_budget=time_budget,
+                on_batch=save,
+            )
+        except TimeBudgetExceeded as exc:
+            raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
+        finally:
+            checkpoint.flush()
+        cache.add(todo_hashes, fresh)
+    log.info("embedded %d texts, reused %d", len(todo_texts), len(texts) - len(todo_texts))
+
+    vectors = np.stack([cache.get(h) for h in hashes]) if hashes else np.empty((0, 0), np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    meta.update(
+        query_meta,
+        normalized=bool(np.allclose(norms, 1.0, atol=1e-3)),
+        dimension=int(vectors.shape[1]),
+        rows=len(texts),
+        skipped_rows=skipped,
+        source=source.to_dict(),
+        layout=layout,
+        embedding_column=config.EMBEDDING_COLUMN,
+        hash_column=refresh.HASH_COLUMN if layout == "default" else None,
+        engine="local",
+        hubembed_version=_version(),
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
     staged = sink.staging()
     try:
         if layout == "blog":
-            _write_blog(staged, vectors, meta, sink)
+            write_blog(staged, vectors, meta, dst=sink.ref)
         else:
-            _write_shards(staged, ds, vectors, meta, sink)
+            write_shards(staged, ds, vectors, meta, dst=sink.ref, extra_columns={refresh.HASH_COLUMN: hashes})
         message = f"hubembed: embed {source.id} ({source.split}/{source.column}) with {meta['model']}"
         location = sink.publish(staged, message)
     except BaseException:
         sink.discard(staged)
         raise
-    log.info("wrote %d rows of %d-d embeddings to %s", len(texts), embedder.dimension, sink.ref)
-    return BuildResult(sink.ref, location, len(texts), embedder.dimension, meta)
+    checkpoint.clear()
+    log.info("wrote %d rows of %d-d embeddings to %s", len(texts), meta["dimension"], sink.ref)
+    return BuildResult(sink.ref, location, len(texts), meta["dimension"], len(todo_texts), False, meta)
+
+
+def _same_source(previous: dict[str, Any], source: SourceInfo) -> bool:
+    return previous.get("source") == source.to_dict()
+
+
+def _reuse(previous: dict[str, Any], same_settings: bool, sink: Sink, cache: refresh.VectorCache) -> None:
+    """Put the previous build's vectors in CACHE when they were made the same way."""
+    if not previous:
+        return
+    if not same_settings:
+        log.info("the model or embedding settings changed: re-embedding everything")
+        return
+    if previous.get("hash_column") != refresh.HASH_COLUMN:
+        return
+    from .loader import load
+
+    old = load(sink.ref, sink.revision)
+    cache.add(old.dataset.data.column(refresh.HASH_COLUMN).to_pylist(), old.embeddings.numpy())
+
+
+def _missing(hashes: list[str], texts: list[str], cache: refresh.VectorCache) -> tuple[list[str], list[str]]:
+    """The texts with no vector yet, each once, in source order."""
+    seen: set[str] = set()
+    todo_hashes, todo_texts = [], []
+    for h, t in zip(hashes, texts, strict=True):
+        if h not in cache and h not in seen:
+            seen.add(h)
+            todo_hashes.append(h)
+            todo_texts.append(t)
+    return todo_hashes, todo_texts
 
 
 def _local_embedder(
-    model: str,
-    model_revision: str | None,
+    resolved: Any,
     device: str,
     trust_remote_code: bool,
     settings: EmbedSettings,
     token: str | None,
 ) -> tuple[Embedder, dict[str, Any]]:
-    resolved = resolve_model(model, revision=model_revision, token=token)
     st_model = load_model(resolved, device=device, token=token, trust_remote_code=trust_remote_code)
     embedder = LocalEmbedder(st_model, settings)
     query = query_settings(settings, st_model.prompts or {})
-    meta = {
-        "model": resolved.model_id,
-        "model_revision": resolved.revision,
-        "model_origin": resolved.origin,
-        "normalized": embedder.outputs_unit_vectors(),
-        **settings.to_dict(),
-        "query_prompt_name": query.prompt_name,
-        "query_prompt": query.prompt,
-        "trust_remote_code": trust_remote_code,
-    }
-    return embedder, meta
+    return embedder, {"query_prompt_name": query.prompt_name, "query_prompt": query.prompt}
 
 
-def embed_all(embedder: Embedder, texts: list[str], *, batch_size: int, progress: bool | None) -> np.ndarray:
-    """Embed TEXTS in batches into one (n, d) float32 array, rows in input order."""
-    from tqdm.auto import tqdm
+def _remote_embedder(
+    remote: str,
+    api: str | None,
+    model: str,
+    settings: EmbedSettings,
+    token: str | None,
+    concurrency: int,
+) -> tuple[Embedder, dict[str, Any]]:
+    from .remote import RemoteEmbedder, router_url
 
-    out = np.empty((len(texts), embedder.dimension), dtype=np.float32)
-    with tqdm(total=len(texts), unit="text", desc="embedding", disable=_bar_disabled(progress)) as bar:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            vectors = embedder.embed_batch(batch)
-            if vectors.shape != (len(batch), embedder.dimension):
-                raise RuntimeError(
-                    f"embedder returned shape {vectors.shape} for {len(batch)} texts of dimension "
-                    f"{embedder.dimension}"
-                )
-            out[start : start + len(batch)] = vectors
-            bar.update(len(batch))
-    return out
-
-
-def _bar_disabled(progress: bool | None) -> bool | None:
-    # tqdm reads disable=None as "only on a terminal".
-    return None if progress is None else not progress
-
-
-def _write_shards(
-    staged: Path, ds: datasets.Dataset, vectors: np.ndarray, meta: dict[str, Any], sink: Sink
-) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets import Dataset
-
-    if config.EMBEDDING_COLUMN in ds.column_names:
-        ds = ds.remove_columns(config.EMBEDDING_COLUMN)
-        log.warning("the source already has an %r column: it is replaced", config.EMBEDDING_COLUMN)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    table = ds.data.table.append_column(config.EMBEDDING_COLUMN, column)
-    out = Dataset(table)
-    num_bytes = int(table.nbytes)
-    shards = max(1, math.ceil(num_bytes / MAX_SHARD_BYTES))
-    split = meta["source"]["split"]
-    (staged / "data").mkdir()
-    # The schema carries datasets' features metadata, so load_dataset reads the fixed-length
-    # float32 list back exactly; slices are zero-copy.
-    full = out.data.table
-    per_shard = math.ceil(len(out) / shards)
-    for i in range(shards):
-        part = full.slice(i * per_shard, per_shard)
-        pq.write_table(part, staged / "data" / f"{split}-{i:05d}-of-{shards:05d}.parquet")
-    readme = render_card(
-        meta, data_files=f"data/{split}-*", features=out.features, num_bytes=num_bytes, dst=sink.ref
+    url = router_url(model) if remote == "router" else remote
+    embedder = RemoteEmbedder(
+        url, model=model, settings=settings, api=api, token=token, concurrency=concurrency
     )
-    (staged / "README.md").write_text(readme, encoding="utf-8")
-
-
-def _write_blog(staged: Path, vectors: np.ndarray, meta: dict[str, Any], sink: Sink) -> None:
-    """The blog's artefact: embeddings.csv with columns "0".."d-1" and nothing else per row."""
-    import pandas as pd
-
-    pd.DataFrame(vectors).to_csv(staged / "embeddings.csv", index=False)
-    # No dataset_info: datasets infers the 384 float columns from the CSV itself.
-    readme = render_card(meta, data_files="embeddings.csv", features=None, num_bytes=0, dst=sink.ref)
-    (staged / "README.md").write_text(readme, encoding="utf-8")
+    # The remote model's prompts are unknown here; the loader derives the query side from the
+    # model it loads for queries.
+    return embedder, {"query_prompt_name": None, "query_prompt": None}
 
 
 def _version() -> str:

@@ -26,6 +26,8 @@ OWNED_PREFIXES = ("data/", "embeddings.csv", "README.md")
 class Sink(ABC):
     #: how downstream code refers to DST (a repo id or a path), used in the card's snippets
     ref: str
+    #: the revision preflight saw (a commit sha on the Hub), to read the previous build at
+    revision: str | None = None
 
     @abstractmethod
     def preflight(self) -> None:
@@ -145,7 +147,7 @@ class HubSink(Sink):
             info = api.dataset_info(self.repo_id)
         except RepositoryNotFoundError:
             return
-        self._parent = info.sha
+        self._parent = self.revision = info.sha
         self._files = [s.rfilename for s in info.siblings or []]
         if "README.md" in self._files:
             path = hf_hub_download(

@@ -60,6 +60,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def own_checkpoints(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own hubembed cache, so no test resumes another's interrupted build."""
+    monkeypatch.setenv("HUBEMBED_CACHE", str(tmp_path_factory.mktemp("hubembed_cache")))
+
+
 @pytest.fixture(scope="session")
 def hub() -> HubServer:
     server = _state["server"]

@@ -194,7 +194,7 @@ def test_a_push_that_fails_after_creating_the_repo_leaves_no_repo_behind(capsys,
     [
         (["--prompt-name", "query", "--prompt", "x"], "not allowed with argument"),
         (["--layout", "weird"], "invalid choice: 'weird'"),
-        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "0"], "--batch-size and --concurrency must be at least 1"),
         (["--device", "cuda"], "no CUDA GPU is available here"),
         (["--truncate-dim", "999"], "--truncate-dim 999 must be between 1 and 384"),
     ],

@@ -62,7 +62,7 @@ def test_plain_load_dataset_reads_the_output(tmp_path):
 
     hubembed.build("sample:medicare-faqs", str(tmp_path / "faqs"), progress=False)
     ds = load_dataset(str(tmp_path / "faqs"), split="train")
-    assert ds.column_names == ["text", "embedding"]
+    assert ds.column_names == ["text", "embedding", "text_sha256"]
     assert ds.features["embedding"].length == 384
     assert ds.features["embedding"].feature.dtype == "float32"
 
