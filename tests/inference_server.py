@@ -181,6 +181,7 @@ class InferenceServer:
         self._lock = threading.Lock()  # counters, faults, rng
         self._faults: collections.deque[Fault] = collections.deque()
         self._always: Fault | None = None
+        self._always_after = 0
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -231,10 +232,24 @@ class InferenceServer:
         with self._lock:
             self._faults.extend(faults)
 
-    def always(self, fault: Fault | None) -> None:
-        """Fail every POST this way (after any queued faults) until ``always(None)``."""
+    def always(self, fault: Fault | None, *, after: int = 0) -> None:
+        """Fail every POST this way (after any queued faults) until ``always(None)``.
+
+        ``after``: answer that many more POSTs normally first (a server that dies mid-job).
+        """
         with self._lock:
             self._always = fault
+            self._always_after = after
+
+    def reset(self) -> None:
+        """Back to normal service: no faults, no token, no latency, counters at zero."""
+        with self._lock:
+            self._faults.clear()
+            self._always = None
+            self.token = None
+            self.latency = 0.0
+            self.gated_models = set()
+        self.reset_counters()
 
     @property
     def pending_faults(self) -> int:
@@ -291,7 +306,12 @@ class InferenceServer:
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else self._always
+            if self._faults:
+                return self._faults.popleft()
+            if self._always is not None and self._always_after > 0:
+                self._always_after -= 1
+                return None
+            return self._always
 
     def _post(self, h: _Handler) -> None:
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
