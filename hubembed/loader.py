@@ -54,13 +54,29 @@ class EmbeddedDataset:
 
     @cached_property
     def embeddings(self) -> torch.Tensor:
-        """The vectors as one N x d float32 tensor, copied chunk by chunk out of Arrow."""
+        """The vectors as one N x d float32 tensor.
+
+        One in-memory chunk of float32 vectors (a dataset of one parquet shard) is shared with
+        the dataset's Arrow column, not copied: treat the tensor as read-only (``.clone()``
+        before editing it in place). Anything else is copied chunk by chunk.
+        """
         import torch
 
         table = (
             self.dataset.with_format("arrow")[:] if self.dataset._indices is not None else self.dataset.data
         )
         return torch.from_numpy(_matrix(table, self.embedding_columns))
+
+    @cached_property
+    def _corpus_norms(self) -> torch.Tensor | None:
+        """The row norms of ``embeddings``, computed once; None when all are 1 (to 1e-6).
+
+        Checked rather than read from the card, whose ``normalized`` allows 1e-3.
+        """
+        from .search import row_norms
+
+        norms = row_norms(self.embeddings)
+        return None if bool(((norms - 1).abs() <= 1e-6).all()) else norms
 
     @cached_property
     def _embedder(self) -> LocalEmbedder:
@@ -111,9 +127,8 @@ class EmbeddedDataset:
             vectors: Any = self.embed_queries(query)
         else:
             vectors = torch.as_tensor(np.asarray(query) if isinstance(query, list) else query)
-        hits = semantic_search(
-            vectors, self.embeddings, top_k, normalized=bool(self.metadata.get("normalized"))
-        )
+        norms = self._corpus_norms
+        hits = semantic_search(vectors, self.embeddings, top_k, normalized=norms is None, corpus_norms=norms)
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
         hidden = [*self.embedding_columns, self.metadata.get("hash_column")]
         shown = [c for c in self.dataset.column_names if c not in hidden]
@@ -139,7 +154,15 @@ def _embedding_columns(ds: datasets.Dataset, meta: dict[str, Any]) -> list[str]:
 
 
 def _matrix(table: Any, columns: list[str]) -> np.ndarray:
+    """The vectors in COLUMNS of TABLE (one list column, or one column per dimension): n x d float32.
+
+    One chunk of float32 vectors in writable memory comes back as a view of Arrow's buffer,
+    not a copy. A memory-mapped file's buffers are read-only: those, several chunks, and other
+    number types are copied, a chunk at a time. Raises ColumnError for rows that are not vectors
+    of one length.
+    """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = table.num_rows
     if len(columns) > 1:
@@ -147,18 +170,44 @@ def _matrix(table: Any, columns: list[str]) -> np.ndarray:
         for j, name in enumerate(columns):
             out[:, j] = table.column(name).to_numpy()
         return out
-    chunked = table.column(columns[0])
-    first = next((c for c in chunked.chunks if len(c)), None)
-    if first is None:
-        return np.empty((0, 0), dtype=np.float32)
-    d = first.type.list_size if pa.types.is_fixed_size_list(first.type) else len(first[0])
+    name = columns[0]
+    column = table.column(name)
+    chunks = [c for c in column.chunks if len(c)]
+    fixed = pa.types.is_fixed_size_list(column.type)
+    if fixed:
+        d = column.type.list_size
+    elif chunks and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        d = pc.list_value_length(chunks[0][:1])[0].as_py() or 0
+    elif chunks:
+        raise ColumnError(f"column {name!r} holds {column.type}, not vectors of numbers")
+    else:
+        d = 0
+
+    def vectors(chunk: Any) -> np.ndarray:
+        if chunk.null_count:
+            raise ColumnError(f"column {name!r} has {chunk.null_count} rows without a vector")
+        if not fixed:
+            lengths = pc.min_max(pc.list_value_length(chunk))
+            if (lengths["min"].as_py(), lengths["max"].as_py()) != (d, d):
+                raise ColumnError(f"column {name!r} holds vectors of different lengths")
+        values = chunk.flatten()
+        if values.null_count or not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            raise ColumnError(f"column {name!r} must hold vectors of numbers, with none missing")
+        dtype = np.dtype(values.type.to_pandas_dtype())
+        # frombuffer is writable exactly where Arrow's buffer is mutable (not a read-only mmap).
+        flat = np.frombuffer(
+            values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize
+        )
+        return flat.reshape(len(chunk), d)
+
+    if len(chunks) == 1:
+        view = vectors(chunks[0])
+        if view.dtype == np.float32 and view.flags.writeable:
+            return view
     out = np.empty((n, d), dtype=np.float32)
     offset = 0
-    for chunk in chunked.chunks:
-        values = chunk.flatten().to_numpy(zero_copy_only=False)
-        if values.size != len(chunk) * d:
-            raise ValueError(f"column {columns[0]!r} holds vectors of different lengths")
-        out[offset : offset + len(chunk)] = values.reshape(len(chunk), d)
+    for chunk in chunks:
+        out[offset : offset + len(chunk)] = vectors(chunk)
         offset += len(chunk)
     return out
 

@@ -168,7 +168,7 @@ def build(
         except TimeBudgetExceeded as exc:
             raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
         finally:
-            checkpoint.flush()
+            checkpoint.close()
         cache.add(todo_hashes, fresh)
     log.info("embedded %d texts, reused %d", len(todo_texts), len(texts) - len(todo_texts))
 

@@ -68,53 +68,58 @@ class VectorCache:
 
 
 class Checkpoint:
-    """Batches of an unfinished build, saved under the hubembed cache as they complete.
+    """Vectors of an unfinished build, appended to a file under the hubembed cache as each
+    batch completes.
 
-    Files are written whole, then renamed, so a build killed at any point (SIGKILL too)
-    leaves only complete batches. Keyed by source and settings, not by source revision: a
-    source edited between a killed run and its rerun still reuses every unchanged text.
+    Each record is a text's sha256 digest followed by its float32 vector, so a build killed
+    at any point (SIGKILL too) leaves whole records plus at most one partial one, which the
+    reader drops: every finished batch survives. Keyed by source and settings, not by source
+    revision: a source edited between a killed run and its rerun still reuses every
+    unchanged text.
     """
-
-    FLUSH_ROWS = 1024
-    FLUSH_SECONDS = 10.0
 
     def __init__(self, source_id: str, settings_key: str) -> None:
         key = hashlib.sha256(f"{source_id}\0{settings_key}".encode()).hexdigest()[:24]
         self.path = config.cache_dir() / "checkpoints" / key
-        self._hashes: list[str] = []
-        self._vectors: list[np.ndarray] = []
-        self._last_flush = time.monotonic()
+        self._fd: int | None = None
+
+    @staticmethod
+    def _dtype(dimension: int) -> np.dtype:
+        return np.dtype([("digest", "S32"), ("vector", "<f4", (dimension,))])
 
     def load_into(self, cache: VectorCache) -> int:
-        """Add every saved batch to CACHE; return how many vectors were found."""
+        """Add every saved vector to CACHE; return how many were found."""
         found = 0
-        for f in sorted(self.path.glob("batch-*.npz")):
+        for f in sorted(self.path.glob("run-*-d*.bin")):
             try:
-                with np.load(f) as data:
-                    hashes = [h.decode() for h in data["hashes"]]
-                    cache.add(hashes, data["vectors"])
-                    found += len(hashes)
-            except (OSError, ValueError, KeyError):  # a damaged file is only lost work
+                dtype = self._dtype(int(f.stem.rsplit("-d", 1)[1]))
+                raw = f.read_bytes()
+                records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize)
+            except (OSError, ValueError):  # a damaged file is only lost work
                 log.debug("ignoring unreadable checkpoint %s", f)
+                continue
+            cache.add([d.hex() for d in records["digest"]], np.array(records["vector"]))
+            found += len(records)
         return found
 
     def save(self, hashes: list[str], vectors: np.ndarray) -> None:
-        self._hashes.extend(hashes)
-        self._vectors.append(vectors)
-        due = time.monotonic() - self._last_flush >= self.FLUSH_SECONDS
-        if len(self._hashes) >= self.FLUSH_ROWS or due:
-            self.flush()
+        """Append one finished batch, in a single write."""
+        records = np.empty(len(hashes), dtype=self._dtype(vectors.shape[1]))
+        records["digest"] = [bytes.fromhex(h) for h in hashes]
+        records["vector"] = vectors
+        if self._fd is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            name = f"run-{time.time_ns():020d}-{os.getpid()}-d{vectors.shape[1]}.bin"
+            self._fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        data = memoryview(records.tobytes())
+        while data:
+            data = data[os.write(self._fd, data) :]
 
-    def flush(self) -> None:
-        if not self._hashes:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        name = f"batch-{time.time_ns():020d}-{os.getpid()}"
-        tmp = self.path / f".{name}.tmp.npz"
-        np.savez(tmp, hashes=np.array(self._hashes, dtype="S64"), vectors=np.concatenate(self._vectors))
-        os.replace(tmp, self.path / f"{name}.npz")
-        self._hashes, self._vectors = [], []
-        self._last_flush = time.monotonic()
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def clear(self) -> None:
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)

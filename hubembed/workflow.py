@@ -387,8 +387,9 @@ _CHECKOUT_STEP = f"""\
 
 _CALLER_JOB = """\
   refresh:
+    name: hubembed build
     permissions:
-      contents: read
+      contents: read # for the checkout, if any; nothing else uses the GITHUB_TOKEN
     uses: @USES@
     with:
       src: @SRC@
@@ -408,7 +409,7 @@ _INLINE_JOB = (
     name: hubembed build
     runs-on: ubuntu-latest
     permissions:
-      contents: read
+      contents: read # for the checkout, if any; nothing else uses the GITHUB_TOKEN
     timeout-minutes: @TIMEOUT@
     # Two refreshes of one dataset never overlap: a second one waits for the first to finish.
     concurrency:
@@ -540,10 +541,11 @@ _KEEPALIVE_JOB = r"""
   # through the API restarts that clock even when it is enabled, so each scheduled run
   # re-enables its own workflow: this job alone gets `actions: write`, with the run's own token.
   keepalive:
+    name: Keep the schedule enabled
     if: github.event_name == 'schedule'
     runs-on: ubuntu-latest
     permissions:
-      actions: write
+      actions: write # to re-enable this workflow, and nothing else
     timeout-minutes: 5
     steps:
       - name: Re-enable this workflow

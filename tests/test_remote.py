@@ -4,6 +4,7 @@ TEI and /v1/embeddings, backed by the real model, with faults injected."""
 from __future__ import annotations
 
 import csv
+import re
 import time
 
 import numpy as np
@@ -21,8 +22,12 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 @pytest.fixture(scope="module")
 def server():
+    import requests
+
     srv = InferenceServer(max_batch=8)
     srv.start()
+    # One request first: a cold model's first encode would eat into the time-budget test.
+    requests.post(f"{srv.url}/embed", json={"inputs": ["warm up"]}, timeout=60).raise_for_status()
     yield srv
     srv.stop()
 
@@ -176,18 +181,32 @@ def test_the_time_budget_stops_cleanly_and_the_rerun_resumes(fresh, corpus, tmp_
     ]
     fresh.always(Fault.loading(estimated_time=0.4), after=5)  # 5 batches answered, then "loading" forever
     start = time.monotonic()
-    rc = main([*args, "--time-budget", "3"])
+    rc = main([*args, "--time-budget", "5"])
     elapsed = time.monotonic() - start
     fresh.always(None)
     err = capsys.readouterr().err
     assert rc == 1
-    assert "the time budget of 3 s ran out while the server kept answering: model loading" in err
-    assert "40 of 104 texts were embedded and saved: run the same command again to continue" in err
-    assert elapsed < 15
+    # The last request is cut short by the budget, or waits for the "loading" model: either way
+    # the job stops at the budget. On a busy machine fewer than 5 batches may have made it.
+    match = re.search(
+        r"the time budget of 5 s ran out while the server kept answering: (.+?); "
+        r"(\d+) of 104 texts were embedded and saved: run the same command again to continue",
+        err,
+    )
+    assert match, err
+    assert match.group(1) in ("model loading (about 0 s)", "the request timed out")
+    saved = int(match.group(2))
+    assert 0 < saved <= 40 and saved % 8 == 0
+    assert elapsed < 20
     assert not dst.exists()
+    # A request the client gave up on may still be running on the server: let it finish first.
+    for _ in range(100):
+        if not fresh._in_flight:
+            break
+        time.sleep(0.1)
     fresh.reset_counters()
     assert main(["-q", *args]) == 0
-    assert len(fresh.embedded_texts) == 64 and set(fresh.embedded_texts) == set(texts[40:])
+    assert len(fresh.embedded_texts) == 104 - saved and set(fresh.embedded_texts) == set(texts[saved:])
     assert hubembed.load(str(dst)).dataset["text"] == texts
 
 
