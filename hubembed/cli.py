@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__, config
 from .errors import HubembedError
+from .workflow import add_workflow_parser, run_workflow_command
 
 log = logging.getLogger("hubembed")
 
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="embed the query with this model instead of the card's")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true", help="print hits as a JSON list")
+    add_workflow_parser(commands, build_parser=b)
     return parser
 
 
@@ -177,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = _setup_output(args)
     try:
+        if args.command == "workflow":
+            return run_workflow_command(args)
         if args.command == "build":
             return _build(args, progress)
         return _search(args)
