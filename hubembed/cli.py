@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--column", help="the text column (default: the only string column)")
     b.add_argument("--model", default=config.DEFAULT_MODEL, help="a Hub model id or a local folder")
     b.add_argument("--model-revision", help="a revision (branch, tag or commit) of --model")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    b.add_argument(
+        "--device",
+        "--devices",
+        default="auto",
+        help="auto, cpu, cuda, cuda:N, several (cuda:0,cuda:1: one model per GPU), or all (default: auto)",
+    )
     b.add_argument("--batch-size", type=int, help="texts per batch (default: 64 local, 32 remote)")
     b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
     b.add_argument("--config", dest="config_name", metavar="NAME", help="the configuration of SRC")
@@ -55,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
     b.add_argument("--force", action="store_true", help="re-embed every row, reusing nothing")
+    e = b.add_argument_group("engine")
+    e.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="where to embed (default: local)"
+    )
+    e.add_argument("--workers", type=int, default=2, help="Ray actors, one model each (default: 2)")
+    e.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray actor (default: 0)")
+    e.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local one)")
     r = b.add_argument_group("remote embedding (instead of a local model)")
     r.add_argument(
         "--remote",
@@ -140,6 +152,10 @@ def _build(args: argparse.Namespace, progress: bool | None) -> int:
         concurrency=args.concurrency,
         time_budget=args.time_budget,
         request_timeout=args.request_timeout,
+        engine=args.engine,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        ray_address=args.ray_address,
         progress=progress,
     )
     if args.quiet:

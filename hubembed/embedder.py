@@ -44,13 +44,21 @@ class Embedder(ABC):
         TIMEOUT bounds a remote request; local embedders ignore it.
         """
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most embedders hold nothing
+        """Release what the embedder holds (worker processes, connections)."""
+
 
 class LocalEmbedder(Embedder):
     """sentence-transformers on this machine (CPU or GPU)."""
 
-    def __init__(self, model: SentenceTransformer, settings: EmbedSettings) -> None:
+    def __init__(
+        self, model: SentenceTransformer, settings: EmbedSettings, devices: list[str] | None = None
+    ) -> None:
         self.model = model
         self.settings = settings
+        # Several devices: one copy of the model on each, fed by sentence-transformers' pool.
+        self._devices = devices if devices and len(devices) > 1 else None
+        self._pool = model.start_multi_process_pool(self._devices) if self._devices else None
         prompts = model.prompts or {}
         if settings.prompt_name is not None and settings.prompt_name not in prompts:
             names = ", ".join(repr(n) for n in prompts) or "none"
@@ -64,17 +72,25 @@ class LocalEmbedder(Embedder):
         self.dimension = int(settings.truncate_dim or full or 0)
 
     def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        share = -(-len(texts) // len(self._devices)) if self._devices else len(texts)
+        extra: dict[str, Any] = {"pool": self._pool, "chunk_size": max(share, 1)} if self._pool else {}
         out = self.model.encode(
             texts,
             prompt_name=self.settings.prompt_name,
             prompt=self.settings.prompt,
-            batch_size=max(len(texts), 1),
+            batch_size=max(share, 1),
+            **extra,
             normalize_embeddings=self.settings.normalize,
             truncate_dim=self.settings.truncate_dim,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
         return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self.model.stop_multi_process_pool(self._pool)
+            self._pool = None
 
 
 def query_settings(doc: EmbedSettings, prompts: Mapping[str, str | None]) -> EmbedSettings:

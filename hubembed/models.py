@@ -92,6 +92,18 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         ) from exc
 
 
+def pick_devices(device: str) -> list[str]:
+    """One device, or several: "cuda:0,cuda:1", or "all" for every GPU (one model on each)."""
+    if device == "all":
+        import torch
+
+        count = torch.cuda.device_count()
+        if not count:
+            raise ModelError("--devices all: no CUDA GPU is available here; use --device cpu or auto")
+        return [f"cuda:{i}" for i in range(count)]
+    return [pick_device(d.strip()) for d in device.split(",") if d.strip()] or [pick_device("auto")]
+
+
 def pick_device(device: str) -> str:
     """'auto' becomes cuda when a GPU is there, else mps, else cpu; explicit devices are checked."""
     import torch

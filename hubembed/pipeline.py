@@ -20,7 +20,7 @@ from .batching import embed_all
 from .card import read_metadata
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .errors import TimeBudgetExceeded, UsageError
-from .models import load_model, pick_device, resolve_model
+from .models import load_model, pick_devices, resolve_model
 from .output import write_blog, write_shards
 from .retry import RetryPolicy
 from .sink import Sink, open_sink
@@ -29,6 +29,7 @@ from .source import SourceInfo, check_texts, choose_column, open_source
 log = logging.getLogger("hubembed")
 
 LAYOUTS = ("default", "blog")
+ENGINES = ("local", "ray")
 EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
 
 
@@ -71,13 +72,18 @@ def build(
     concurrency: int = 4,
     time_budget: float | None = None,
     request_timeout: float = 120.0,
+    engine: str = "local",
+    workers: int = 2,
+    gpus_per_worker: float = 0,
+    ray_address: str | None = None,
     progress: bool | None = None,
     embedder_factory: EmbedderFactory | None = None,
 ) -> BuildResult:
     """Embed column COLUMN of SRC and publish the result to DST (a Hub repo id or a folder).
 
     ``remote`` embeds through an API instead of locally: "router" for the HF Inference API's
-    route for MODEL, or an endpoint URL. ``progress=None`` shows a bar only on a terminal.
+    route for MODEL, or an endpoint URL. ``engine="ray"`` spreads the embedding over WORKERS
+    Ray actors (at RAY_ADDRESS, else on a local Ray). ``progress=None`` shows a bar only on a terminal.
     Raises UsageError subclasses (exit code 2) for input the user can fix; DST is untouched
     on any failure, and an interrupted build resumes from its checkpoints when run again.
     """
@@ -87,8 +93,15 @@ def build(
         raise UsageError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if batch_size is None:
         batch_size = 32 if remote else 64  # 32: TEI's default max_client_batch_size
-    if batch_size < 1 or concurrency < 1:
-        raise UsageError("--batch-size and --concurrency must be at least 1")
+    for flag, value in (("--batch-size", batch_size), ("--concurrency", concurrency), ("--workers", workers)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1 (got {value})")
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from .ray_engine import _require_ray
+
+        _require_ray()  # say how to install it before any work
     token = config.hf_token()
     sink = open_sink(dst, token=token, private=private)
     sink.preflight()
@@ -108,7 +121,8 @@ def build(
         model_meta = {"model": model, "model_revision": model_revision, "model_origin": f"remote ({remote})"}
         make = lambda: _remote_embedder(remote, api, model, settings, token, concurrency)  # noqa: E731
     else:
-        pick_device(device)  # a bad --device is an error even when nothing needs embedding
+        devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
+        batch_size *= len(devices)
         resolved = resolve_model(model, revision=model_revision, token=token)
         model_meta = {
             "model": resolved.model_id,
@@ -148,23 +162,37 @@ def build(
     todo_hashes, todo_texts = _missing(hashes, texts, cache)
     query_meta = {k: previous.get(k) for k in ("query_prompt_name", "query_prompt")} if same_settings else {}
     if todo_texts:
-        embedder, extra = make()
-        query_meta = extra
 
         def save(start: int, vectors: np.ndarray) -> None:
             checkpoint.save(todo_hashes[start : start + len(vectors)], vectors)
 
-        policy = RetryPolicy(request_timeout=request_timeout)
         try:
-            fresh = embed_all(
-                embedder,
-                todo_texts,
-                batch_size=batch_size,
-                progress=progress,
-                policy=policy,
-                time_budget=time_budget,
-                on_batch=save,
-            )
+            if engine == "ray":
+                from .ray_engine import embed_with_ray
+
+                fresh = embed_with_ray(
+                    make,
+                    todo_texts,
+                    batch_size=batch_size,
+                    workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    address=ray_address,
+                    progress=progress,
+                    on_batch=save,
+                )
+                query_meta = {"query_prompt_name": None, "query_prompt": None}  # the loader derives them
+            else:
+                embedder, query_meta = make()
+                fresh = embed_all(
+                    embedder,
+                    todo_texts,
+                    batch_size=batch_size,
+                    progress=progress,
+                    policy=RetryPolicy(request_timeout=request_timeout),
+                    time_budget=time_budget,
+                    on_batch=save,
+                )
+                embedder.close()
         except TimeBudgetExceeded as exc:
             raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
         finally:
@@ -184,7 +212,7 @@ def build(
         layout=layout,
         embedding_column=config.EMBEDDING_COLUMN,
         hash_column=refresh.HASH_COLUMN if layout == "default" else None,
-        engine="local",
+        engine=engine,
         hubembed_version=_version(),
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
@@ -242,8 +270,9 @@ def _local_embedder(
     settings: EmbedSettings,
     token: str | None,
 ) -> tuple[Embedder, dict[str, Any]]:
-    st_model = load_model(resolved, device=device, token=token, trust_remote_code=trust_remote_code)
-    embedder = LocalEmbedder(st_model, settings)
+    devices = pick_devices(device)
+    st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
+    embedder = LocalEmbedder(st_model, settings, devices)
     query = query_settings(settings, st_model.prompts or {})
     return embedder, {"query_prompt_name": query.prompt_name, "query_prompt": query.prompt}
 

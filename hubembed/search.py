@@ -4,13 +4,17 @@ Same scores as util.semantic_search (cosine similarity), found with less work pe
 
 - the corpus is never re-normalised: a unit-length corpus (``normalized=True``) skips norms,
   any other takes row norms computed once (``corpus_norms``, see ``row_norms``; the loader
-  caches them) and scales the scores, which is one pass over a small buffer instead of a copy
-  of the corpus;
-- the corpus is scored a chunk at a time into one reused buffer small enough to stay in
-  cache, so memory is bounded by the chunk size, whatever the corpus size or dtype;
-- each chunk's top-k comes from its best blocks: the row-wise max of blocks of 64 scores
-  (a vectorised pass) picks the k blocks that can hold the top k, and only those are
-  ranked. torch.topk over the whole chunk costs about twice as much on CPU.
+  caches them) and scales the scores, one pass over a small buffer instead of a copy of
+  the corpus;
+- two passes. The first scores the corpus a chunk at a time into one reused buffer and
+  keeps only the max of each block of 32 rows: two big vectorised operations per chunk
+  (matmul, max), nothing per chunk that is small. The second takes, per query, the k
+  blocks with the highest maxima, which hold its top k (exact: they hold k scores at least
+  as high as its k-th best, so no other block can beat that, only tie it), and rescores
+  their rows. torch.topk over every score costs twice as much on CPU, and a dozen small
+  operations per chunk cost a lot on a busy machine, where each waits for both threads.
+- memory is bounded: one chunk of scores, one block maximum per 32 corpus rows for a
+  segment of the corpus (a few million rows), the candidates' rows for a few queries.
 
 fp16/bf16 (and integer) corpora are converted to float32 one chunk at a time; float64
 corpora are scored in float64. Everything runs on the corpus's device (CPU or GPU).
@@ -26,14 +30,20 @@ if TYPE_CHECKING:
 
 Hits = list[list[dict[str, Any]]]
 
-# Scores are ranked in blocks of this many: the block max is a cheap vectorised pass.
-_BLOCK = 64
-# Corpus rows per chunk: on CPU, 100 queries x 32k rows of float32 scores (13 MB) stay in
-# cache; a GPU wants bigger launches.
-_CPU_CHUNK = 32_768
+# Rows per block: a block's max is one vectorised pass; its rows are rescored if it is chosen.
+_BLOCK = 32
+# Corpus rows scored at once. CPU: 100 queries x 64k rows of float32 scores (26 MB) stay in
+# a big cache and make few, large operations; a GPU wants bigger launches.
+_CPU_CHUNK = 65_536
 _ACCELERATOR_CHUNK = 262_144
-# At most this many scores (float32: 128 MiB) at once: many queries are taken in blocks.
+# fp16/bf16 on CPU: rows converted to float32 at once (16k x 384: 25 MB).
+_CPU_CONVERT_CHUNK = 16_384
+# Elements (float32: 128 MiB) in a chunk's scores; more queries than fit are taken in groups.
 _SCORE_BUDGET = 1 << 25
+# Elements (16 MiB) of block maxima: a bigger corpus is taken a segment at a time.
+_BLOCKMAX_BUDGET = 1 << 22
+# Elements (16 MiB) of candidate rows gathered for rescoring at once.
+_GATHER_BUDGET = 1 << 22
 # torch.nn.functional.normalize's eps, so zero vectors score 0 as in util.semantic_search.
 _EPS = 1e-12
 
@@ -53,9 +63,10 @@ def semantic_search(
     CORPUS_EMBEDDINGS (N x d, any float dtype, on any device; queries are moved to it).
     ``normalized=True`` promises the corpus rows are unit length and skips their norms;
     ``corpus_norms`` (N row norms, from ``row_norms``) saves computing them on every call.
-    ``corpus_chunk_size`` rows are scored at a time (default: 32k on CPU, 256k on GPU).
-    Returns, per query, ``min(top_k, N)`` hits ``{"corpus_id": int, "score": float}``, best
-    first. Raises ValueError for shapes that do not fit together or a top_k below 1.
+    ``corpus_chunk_size`` rows are scored at a time (default: 64k on CPU, 256k on GPU;
+    rounded down to a multiple of 32). Returns, per query, ``min(top_k, N)`` hits
+    ``{"corpus_id": int, "score": float}``, best first. Raises ValueError for shapes that do
+    not fit together, or a top_k or chunk size below 1.
     """
     import torch
 
@@ -76,8 +87,6 @@ def semantic_search(
     n = corpus.shape[0]
     if n == 0 or queries.shape[0] == 0:
         return [[] for _ in range(queries.shape[0])]
-    chunk = min(chunk, n)
-    k = min(k, n)
     dtype = torch.float64 if corpus.dtype == torch.float64 else torch.float32
     norms = None
     if corpus_norms is not None and not normalized:
@@ -90,49 +99,138 @@ def semantic_search(
 
     with torch.no_grad():
         q = torch.nn.functional.normalize(queries.to(device=device, dtype=dtype), dim=1)
-        per_block = max(1, min(q.shape[0], _SCORE_BUDGET // chunk))
-        blocks = [(a, min(a + per_block, q.shape[0])) for a in range(0, q.shape[0], per_block)]
-        scores_buffer = torch.empty(per_block * chunk, dtype=dtype, device=device)
-        converted = (
-            torch.empty((chunk, corpus.shape[1]), dtype=dtype, device=device)
-            if corpus.dtype != dtype
-            else None
-        )
-        offsets = torch.arange(_BLOCK, device=device)
-        best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(blocks)
-        for start in range(0, n, chunk):
-            rows = corpus[start : start + chunk]
-            m = rows.shape[0]
-            if converted is not None:
-                rows = converted[:m].copy_(rows)
-            inverse = None
-            if not normalized:
-                row_norm = norms[start : start + m] if norms is not None else _norms(rows)
-                inverse = row_norm.clamp_min(_EPS).reciprocal()
-            for b, (a, z) in enumerate(blocks):
-                scores = scores_buffer[: (z - a) * m].view(z - a, m)
-                torch.mm(q[a:z], rows.T, out=scores)
-                if inverse is not None:
-                    scores.mul_(inverse)
-                values, ids = _top(scores, k, offsets)
-                ids += start
-                previous = best[b]
-                if previous is not None:
-                    values = torch.cat([previous[0], values], dim=1)
-                    ids = torch.cat([previous[1], ids], dim=1)
-                    if values.shape[1] > k:
-                        values, keep = values.topk(k, dim=1, sorted=False)
-                        ids = ids.gather(1, keep)
-                best[b] = (values, ids)
-        done = [pair for pair in best if pair is not None]
-        values = torch.cat([v for v, _ in done])
-        ids = torch.cat([i for _, i in done])
+        scan = _Scan(corpus, dtype, min(k, n), chunk, normalized, norms)
+        groups = [scan.search(q[a : a + scan.group]) for a in range(0, q.shape[0], scan.group)]
+        values = torch.cat([v for v, _ in groups])
+        ids = torch.cat([i for _, i in groups])
         values, order = values.sort(dim=1, descending=True)
         ids = ids.gather(1, order)
     return [
         [{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores, strict=True)]
         for row_ids, row_scores in zip(ids.cpu().tolist(), values.cpu().tolist(), strict=True)
     ]
+
+
+class _Scan:
+    """One search's buffers and settings; ``search`` answers one group of queries."""
+
+    def __init__(
+        self,
+        corpus: torch.Tensor,
+        dtype: torch.dtype,
+        k: int,
+        chunk: int,
+        normalized: bool,
+        norms: torch.Tensor | None,
+    ) -> None:
+        import torch
+
+        n, d = corpus.shape
+        self.corpus, self.dtype, self.k, self.normalized, self.norms = corpus, dtype, k, normalized, norms
+        # Pruning pays when the k blocks to rescore are a small part of the corpus.
+        self.pruned = n >= 4 * k * _BLOCK
+        if corpus.dtype != dtype and corpus.device.type == "cpu":
+            chunk = min(chunk, _CPU_CONVERT_CHUNK)  # the float32 copy of a chunk is the big buffer
+        self.chunk = min(n, max(_BLOCK, chunk - chunk % _BLOCK) if self.pruned else chunk)
+        self.group = max(1, _SCORE_BUDGET // self.chunk)
+        device = corpus.device
+        self.scores = torch.empty(self.group * self.chunk, dtype=dtype, device=device)
+        self.converted = (
+            torch.empty((self.chunk, d), dtype=dtype, device=device) if corpus.dtype != dtype else None
+        )
+        self.offsets = torch.arange(_BLOCK, device=device)
+
+    def search(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best (values, ids) of each query in Q, unsorted."""
+        n = self.corpus.shape[0]
+        if not self.pruned:
+            best = None
+            for start in range(0, n, self.chunk):
+                scores = self._score(q, start)
+                values, ids = scores.topk(min(self.k, scores.shape[1]), dim=1, sorted=False)
+                best = _merge(best, values, ids + start, self.k)
+            assert best is not None
+            return best
+        blocks = max(1, _BLOCKMAX_BUDGET // q.shape[0])
+        segment = self.chunk * max(1, blocks * _BLOCK // self.chunk)
+        best = None
+        for start in range(0, n, segment):
+            end = min(n, start + segment)
+            values, ids = self._rescore(q, self._block_maxima(q, start, end), start, end)
+            best = _merge(best, values, ids, self.k)
+        assert best is not None
+        return best
+
+    def _score(self, q: torch.Tensor, start: int) -> torch.Tensor:
+        """Cosine scores of Q against the chunk at START, in the reused buffer."""
+        import torch
+
+        rows = self.corpus[start : start + self.chunk]
+        m = rows.shape[0]
+        if self.converted is not None:
+            rows = self.converted[:m].copy_(rows)
+        scores = self.scores[: q.shape[0] * m].view(q.shape[0], m)
+        torch.mm(q, rows.T, out=scores)
+        if not self.normalized:
+            norms = self.norms[start : start + m] if self.norms is not None else _norms(rows)
+            scores.mul_(norms.clamp_min(_EPS).reciprocal())
+        return scores
+
+    def _block_maxima(self, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Pass 1: the best score in each block of _BLOCK rows from START to END, per query."""
+        import torch
+
+        maxima = torch.empty((q.shape[0], -(-(end - start) // _BLOCK)), dtype=self.dtype, device=q.device)
+        for at in range(start, end, self.chunk):
+            scores = self._score(q, at)[:, : end - at]
+            whole, col = scores.shape[1] // _BLOCK, (at - start) // _BLOCK
+            body = scores[:, : whole * _BLOCK].view(q.shape[0], whole, _BLOCK)
+            torch.amax(body, dim=2, out=maxima[:, col : col + whole])
+            if whole * _BLOCK < scores.shape[1]:  # the corpus's last, partial block
+                maxima[:, col + whole] = scores[:, whole * _BLOCK :].amax(dim=1)
+        return maxima
+
+    def _rescore(
+        self, q: torch.Tensor, maxima: torch.Tensor, start: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 2: rescore the rows of each query's k best blocks; their k best (values, ids)."""
+        import torch
+
+        chosen = maxima.topk(min(self.k, maxima.shape[1]), dim=1, sorted=False).indices
+        ids = (start + chosen.unsqueeze(2) * _BLOCK + self.offsets).flatten(1)
+        outside = ids >= end  # rows past the end of a partial last block
+        ids.clamp_(max=end - 1)
+        scores = torch.empty(ids.shape, dtype=self.dtype, device=q.device)
+        width, d = ids.shape[1], q.shape[1]
+        step = max(1, _GATHER_BUDGET // (width * d))
+        # One gather buffer, reused: fresh memory costs a page fault per 4 KiB on first touch.
+        gathered = torch.empty(min(step, q.shape[0]) * width * d, dtype=self.corpus.dtype, device=q.device)
+        for a in range(0, q.shape[0], step):
+            picked = ids[a : a + step]
+            rows = gathered[: picked.numel() * d].view(picked.numel(), d)
+            torch.index_select(self.corpus, 0, picked.flatten(), out=rows)
+            rows = rows.view(*picked.shape, d).to(self.dtype)
+            part = torch.bmm(rows, q[a : a + step].unsqueeze(2)).squeeze(2)
+            if not self.normalized:
+                norms = self.norms[picked] if self.norms is not None else _norms(rows, dim=2)
+                part.mul_(norms.clamp_min(_EPS).reciprocal())
+            scores[a : a + step] = part
+        scores.masked_fill_(outside, float("-inf"))
+        values, picked = scores.topk(min(self.k, end - start), dim=1, sorted=False)
+        return values, ids.gather(1, picked)
+
+
+def _merge(
+    best: tuple[torch.Tensor, torch.Tensor] | None, values: torch.Tensor, ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    if best is not None:
+        values, ids = torch.cat([best[0], values], dim=1), torch.cat([best[1], ids], dim=1)
+    if values.shape[1] > k:
+        values, keep = values.topk(k, dim=1, sorted=False)
+        ids = ids.gather(1, keep)
+    return values, ids
 
 
 def row_norms(embeddings: Any, *, chunk_size: int = 65_536) -> torch.Tensor:
@@ -152,35 +250,10 @@ def row_norms(embeddings: Any, *, chunk_size: int = 65_536) -> torch.Tensor:
     return out
 
 
-def _norms(rows: torch.Tensor) -> torch.Tensor:
+def _norms(rows: torch.Tensor, dim: int = 1) -> torch.Tensor:
     import torch
 
-    return torch.linalg.vector_norm(rows, dim=1)
-
-
-def _top(scores: torch.Tensor, k: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best of each row of SCORES, unsorted, as (values, column ids).
-
-    Exact: the k blocks with the highest maxima hold k scores at least as high as the
-    k-th best, so no score of another block can beat it (it can only tie).
-    """
-    import torch
-
-    rows, m = scores.shape
-    k = min(k, m)
-    whole = m // _BLOCK
-    if whole < 4 * k:  # too few blocks for the pruning to pay off
-        return scores.topk(k, dim=1, sorted=False)
-    body = scores[:, : whole * _BLOCK].view(rows, whole, _BLOCK)
-    _, chosen = body.amax(dim=2).topk(k, dim=1, sorted=False)
-    candidates = body.gather(1, chosen.unsqueeze(2).expand(rows, k, _BLOCK)).view(rows, k * _BLOCK)
-    candidate_ids = (chosen.unsqueeze(2) * _BLOCK + offsets).view(rows, k * _BLOCK)
-    if whole * _BLOCK < m:  # the last, partial block: every score in it is a candidate
-        tail = torch.arange(whole * _BLOCK, m, device=scores.device)
-        candidates = torch.cat([candidates, scores[:, whole * _BLOCK :]], dim=1)
-        candidate_ids = torch.cat([candidate_ids, tail.expand(rows, -1)], dim=1)
-    values, picked = candidates.topk(k, dim=1, sorted=False)
-    return values, candidate_ids.gather(1, picked)
+    return torch.linalg.vector_norm(rows, dim=dim)
 
 
 def _default_chunk(device: torch.device) -> int:
