@@ -87,6 +87,27 @@ def repo_name(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def _inference_server():
+    import requests
+
+    from tests.inference_server import InferenceServer
+
+    server = InferenceServer(max_batch=8)
+    server.start()
+    # One request first: a cold model's first encode would eat into the time-budget test.
+    requests.post(f"{server.url}/embed", json={"inputs": ["warm up"]}, timeout=60).raise_for_status()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def inference(_inference_server):
+    """The session's local inference server (batches above 8 get 413), back to normal service."""
+    _inference_server.reset()
+    return _inference_server
+
+
+@pytest.fixture(scope="session")
 def medicare_texts() -> list[str]:
     import csv
 

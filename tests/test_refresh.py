@@ -14,21 +14,11 @@ import pytest
 
 import hubembed
 from tests.conftest import ALICE_TOKEN, run_cli
-from tests.inference_server import InferenceServer
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = InferenceServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
-def counting(server):
-    server.reset()
-    return server
+def counting(inference):
+    return inference
 
 
 def csv_bytes(texts: list[str]) -> bytes:

@@ -15,28 +15,14 @@ from hubembed.cli import main
 from hubembed.errors import RemoteError, TimeBudgetExceeded
 from hubembed.retry import Deadline, RetryableError, RetryPolicy, call_with_retry
 from tests.conftest import ALICE_TOKEN
-from tests.inference_server import Fault, InferenceServer
+from tests.inference_server import Fault
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-@pytest.fixture(scope="module")
-def server():
-    import requests
-
-    srv = InferenceServer(max_batch=8)
-    srv.start()
-    # One request first: a cold model's first encode would eat into the time-budget test.
-    requests.post(f"{srv.url}/embed", json={"inputs": ["warm up"]}, timeout=60).raise_for_status()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def fresh(server):
-    """The shared server, back to normal service."""
-    server.reset()
-    return server
+def fresh(inference):
+    return inference
 
 
 @pytest.fixture
