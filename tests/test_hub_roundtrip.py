@@ -128,3 +128,42 @@ def test_token_never_appears_in_output_or_pushed_files(hub, source, repo_name, t
     for commit in hub.commits(dst):
         for name, content in hub.files(dst, revision=commit["id"]).items():
             assert ALICE_TOKEN.encode() not in content, name
+
+
+def test_revision_config_and_split_of_a_hub_source(hub, alice, repo_name):
+    import hubembed
+
+    card = (
+        "---\nconfigs:\n"
+        "- config_name: en\n  data_files:\n  - split: train\n    path: en/train.csv\n  - split: test\n    path: en/test.csv\n"
+        "- config_name: fr\n  data_files:\n  - split: train\n    path: fr/train.csv\n---\n"
+    )
+    src = f"alice/{repo_name}-src"
+    first = hub.create_repo(
+        src,
+        files={
+            "README.md": card.encode(),
+            "en/train.csv": b"text\nHow do I sign up?\nWhat is Part B?\n",
+            "en/test.csv": b"text\nWhat is TRICARE?\n",
+            "fr/train.csv": b"text\nComment m'inscrire ?\n",
+        },
+    )
+    hub.commit_files(src, {"en/train.csv": b"text\nHow do I sign up?\nWhat is Part B?\nWhat is Part D?\n"})
+    dst = f"alice/{repo_name}"
+
+    def built(*args: str) -> dict:
+        result = run_cli("-q", "build", src, dst, *args)
+        assert result.returncode == 0, result.stderr
+        return hubembed.load(dst).metadata
+
+    meta = built("--config", "en")  # two splits: train is taken, and the log says so
+    assert (meta["source"]["config"], meta["source"]["split"], meta["rows"]) == ("en", "train", 3)
+    meta = built("--config", "en", "--split", "test")
+    assert (meta["source"]["split"], meta["rows"]) == ("test", 1)
+    assert hubembed.load(dst).dataset["text"] == ["What is TRICARE?"]
+    meta = built("--config", "fr")
+    assert (meta["source"]["config"], meta["rows"]) == ("fr", 1)
+    meta = built("--config", "en", "--revision", first)
+    assert (meta["source"]["revision"], meta["rows"]) == (first, 2)
+    bad = run_cli("build", src, dst, "--config", "de")
+    assert bad.returncode == 2 and "cannot read dataset" in bad.stderr and "Traceback" not in bad.stderr
