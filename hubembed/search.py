@@ -11,10 +11,11 @@ Same scores as util.semantic_search (cosine similarity), found with less work pe
   (matmul, max), nothing per chunk that is small. The second takes, per query, the k
   blocks with the highest maxima, which hold its top k (exact: they hold k scores at least
   as high as its k-th best, so no other block can beat that, only tie it), and rescores
-  their rows. torch.topk over every score costs twice as much on CPU, and a dozen small
-  operations per chunk cost a lot on a busy machine, where each waits for both threads.
-- memory is bounded: one chunk of scores, one block maximum per 32 corpus rows for a
-  segment of the corpus (a few million rows), the candidates' rows for a few queries.
+  their rows. torch.topk over every score adds a third to the matmul's time on CPU, and a
+  dozen small operations per chunk cost more on a busy machine, where each waits for every
+  thread.
+- memory is bounded: one chunk of scores, one block maximum per 32 corpus rows of a
+  segment of the corpus (16 MiB of them), the candidates' rows for a few queries.
 
 fp16/bf16 (and integer) corpora are converted to float32 one chunk at a time; float64
 corpora are scored in float64. Everything runs on the corpus's device (CPU or GPU).
@@ -32,6 +33,9 @@ Hits = list[list[dict[str, Any]]]
 
 # Rows per block: a block's max is one vectorised pass; its rows are rescored if it is chosen.
 _BLOCK = 32
+# Prune (two passes) when the corpus has this many times the k blocks' rows: below, one
+# torch.topk per chunk is cheaper than gathering and rescoring those rows.
+_PRUNE_FACTOR = 512
 # Corpus rows scored at once. CPU: 100 queries x 64k rows of float32 scores (26 MB) stay in
 # a big cache and make few, large operations; a GPU wants bigger launches.
 _CPU_CHUNK = 65_536
@@ -99,7 +103,7 @@ def semantic_search(
 
     with torch.no_grad():
         q = torch.nn.functional.normalize(queries.to(device=device, dtype=dtype), dim=1)
-        scan = _Scan(corpus, dtype, min(k, n), chunk, normalized, norms)
+        scan = _Scan(corpus, q.shape[0], dtype, min(k, n), chunk, normalized, norms)
         groups = [scan.search(q[a : a + scan.group]) for a in range(0, q.shape[0], scan.group)]
         values = torch.cat([v for v, _ in groups])
         ids = torch.cat([i for _, i in groups])
@@ -117,6 +121,7 @@ class _Scan:
     def __init__(
         self,
         corpus: torch.Tensor,
+        queries: int,
         dtype: torch.dtype,
         k: int,
         chunk: int,
@@ -127,12 +132,13 @@ class _Scan:
 
         n, d = corpus.shape
         self.corpus, self.dtype, self.k, self.normalized, self.norms = corpus, dtype, k, normalized, norms
-        # Pruning pays when the k blocks to rescore are a small part of the corpus.
-        self.pruned = n >= 4 * k * _BLOCK
+        # Pruning pays when the rows of k blocks, rescored one query at a time (a gather per
+        # row), are a small part of the corpus, scored by one matmul for all queries.
+        self.pruned = n >= _PRUNE_FACTOR * k * _BLOCK
         if corpus.dtype != dtype and corpus.device.type == "cpu":
             chunk = min(chunk, _CPU_CONVERT_CHUNK)  # the float32 copy of a chunk is the big buffer
         self.chunk = min(n, max(_BLOCK, chunk - chunk % _BLOCK) if self.pruned else chunk)
-        self.group = max(1, _SCORE_BUDGET // self.chunk)
+        self.group = max(1, min(queries, _SCORE_BUDGET // self.chunk))
         device = corpus.device
         self.scores = torch.empty(self.group * self.chunk, dtype=dtype, device=device)
         self.converted = (
@@ -262,10 +268,12 @@ def _default_chunk(device: torch.device) -> int:
 
 def _positive_int(value: Any, name: str) -> int:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         number = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if isinstance(value, bool) or number < 1:
+    if number < 1:
         raise ValueError(f"{name} must be at least 1, got {value!r}")
     return number
 
