@@ -275,3 +275,16 @@ def test_dataset_search_matches_util_and_computes_norms_once(scale):
     assert index._corpus_norms is index._corpus_norms  # cached, not recomputed per search
     single = index.search(queries[0].numpy(), top_k=2)
     assert [h["corpus_id"] for h in single] == [h["corpus_id"] for h in got[0][:2]]
+
+
+def test_search_rows_follow_a_selected_and_reordered_dataset(tmp_path, medicare_texts):
+    """Hits must carry the row at corpus_id of the dataset as given, indices mapping and all."""
+    import hubembed
+    from hubembed.loader import EmbeddedDataset
+
+    hubembed.build("sample:medicare-faqs", str(tmp_path / "o"), progress=False)
+    full = hubembed.load(str(tmp_path / "o"))
+    subset = EmbeddedDataset(full.dataset.select([12, 0, 5]), full.metadata)
+    hits = subset.search(full.embeddings[0], top_k=3)
+    assert hits[0]["corpus_id"] == 1 and hits[0]["row"] == {"text": medicare_texts[0]}
+    assert sorted(h["row"]["text"] for h in hits) == sorted(medicare_texts[i] for i in (12, 0, 5))
