@@ -228,6 +228,7 @@ def build(
         sink.discard(staged)
         raise
     checkpoint.clear()
+    checkpoint.prune_stale()
     log.info("wrote %d rows of %d-d embeddings to %s", len(texts), meta["dimension"], sink.ref)
     return BuildResult(sink.ref, location, len(texts), meta["dimension"], len(todo_texts), False, meta)
 

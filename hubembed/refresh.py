@@ -123,3 +123,14 @@ class Checkpoint:
     def clear(self) -> None:
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def prune_stale(self, max_age_days: float = 7.0) -> int:
+        """Remove other builds' checkpoints untouched for MAX_AGE_DAYS (abandoned settings or
+        sources); return how many. An interrupted build resumed within that time keeps its own."""
+        cutoff = time.time() - max_age_days * 86400
+        removed = 0
+        for other in self.path.parent.glob("*"):
+            if other != self.path and other.is_dir() and other.stat().st_mtime < cutoff:
+                shutil.rmtree(other, ignore_errors=True)
+                removed += 1
+        return removed

@@ -140,5 +140,12 @@ def test_a_build_killed_with_sigkill_leaves_dst_untouched_and_resumes(
 def test_checkpoints_are_cleaned_up_after_a_successful_push(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("HUBEMBED_CACHE", str(cache))
+    abandoned, recent = cache / "checkpoints" / "abandoned", cache / "checkpoints" / "recent"
+    for folder in (abandoned, recent):
+        folder.mkdir(parents=True)
+        (folder / "run-1-1-d384.bin").write_bytes(b"")
+    week_ago = time.time() - 8 * 86400
+    os.utime(abandoned, (week_ago, week_ago))
     hubembed.build("sample:medicare-faqs", str(tmp_path / "o"), progress=False)
-    assert not list(cache.rglob("*.bin"))
+    # This build's own checkpoint is gone, another build's old one too; a recent one stays.
+    assert sorted(p.parent.name for p in cache.rglob("*.bin")) == ["recent"]

@@ -225,3 +225,20 @@ def test_retry_policy_unit():
         call_with_retry(
             lambda t: (_ for _ in ()).throw(RetryableError("slow", retry_after=1)), policy, Deadline(0.5)
         )
+
+
+def test_ratelimit_header_and_teis_422_for_a_batch_too_large(fresh, tmp_path, capsys):
+    """Rate limits announced only by the IETF RateLimit header (t=seconds), and TEI answering 422
+    (not 413) above its max_client_batch_size: both handled, every row kept."""
+    fresh.too_large_status = 422
+    fresh.inject(Fault.rate_limited(retry_after=None, ratelimit=True))
+    try:
+        args = ["build", "sample:medicare-faqs", str(tmp_path / "o"), "--remote", f"{fresh.url}/embed"]
+        code = main([*args, "--batch-size", "13", "--concurrency", "1"])
+    finally:
+        fresh.too_large_status = 413
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting 1 s: rate limited" in err
+    assert "the server refused 13 texts at once: sending batches of 6" in err
+    assert hubembed.load(str(tmp_path / "o")).embeddings.shape == (13, 384)
