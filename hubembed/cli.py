@@ -45,7 +45,16 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto, cpu, cuda, cuda:N, several (cuda:0,cuda:1: one model per GPU), or all (default: auto)",
     )
-    b.add_argument("--batch-size", type=int, help="texts per batch (default: 64 local, 32 remote)")
+    b.add_argument(
+        "--batch-size", type=int, help="texts per forward pass, or per request with --remote (default: 32)"
+    )
+    b.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run the local model with torch, or exported to ONNX and run by onnxruntime on CPU "
+        "(same vectors; pip install 'hubembed[onnx]')",
+    )
     b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
     b.add_argument("--config", dest="config_name", metavar="NAME", help="the configuration of SRC")
     b.add_argument("--split", help="the split of SRC (default: the only split, else train)")
@@ -145,6 +154,7 @@ def _build(args: argparse.Namespace, progress: bool | None) -> int:
         normalize=args.normalize,
         layout=args.layout,
         trust_remote_code=args.trust_remote_code,
+        backend=args.backend,
         skip_empty=args.skip_empty,
         force=args.force,
         remote=args.remote,

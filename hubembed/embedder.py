@@ -52,10 +52,17 @@ class LocalEmbedder(Embedder):
     """sentence-transformers on this machine (CPU or GPU)."""
 
     def __init__(
-        self, model: SentenceTransformer, settings: EmbedSettings, devices: list[str] | None = None
+        self,
+        model: SentenceTransformer,
+        settings: EmbedSettings,
+        devices: list[str] | None = None,
+        batch_size: int = 32,
     ) -> None:
         self.model = model
         self.settings = settings
+        # Texts per forward pass. The pipeline hands over several passes' worth at once, so
+        # encode's length sorting spans them; one padded pass of a whole chunk is slower.
+        self.batch_size = batch_size
         # Several devices: one copy of the model on each, fed by sentence-transformers' pool.
         self._devices = devices if devices and len(devices) > 1 else None
         self._pool = model.start_multi_process_pool(self._devices) if self._devices else None
@@ -78,7 +85,7 @@ class LocalEmbedder(Embedder):
             texts,
             prompt_name=self.settings.prompt_name,
             prompt=self.settings.prompt,
-            batch_size=max(share, 1),
+            batch_size=max(min(share, self.batch_size), 1),
             **extra,
             normalize_embeddings=self.settings.normalize,
             truncate_dim=self.settings.truncate_dim,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ log = logging.getLogger("hubembed")
 
 LAYOUTS = ("default", "blog")
 ENGINES = ("local", "ray")
+BACKENDS = ("torch", "onnx")
 EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
 
 
@@ -65,6 +67,7 @@ def build(
     normalize: bool = True,
     layout: str = "default",
     trust_remote_code: bool = False,
+    backend: str = "torch",
     skip_empty: bool = False,
     force: bool = False,
     remote: str | None = None,
@@ -92,7 +95,7 @@ def build(
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if batch_size is None:
-        batch_size = 32 if remote else 64  # 32: TEI's default max_client_batch_size
+        batch_size = 32  # TEI's default max_client_batch_size; sentence-transformers' default
     for flag, value in (("--batch-size", batch_size), ("--concurrency", concurrency), ("--workers", workers)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1 (got {value})")
@@ -112,25 +115,32 @@ def build(
     ds, skipped = check_texts(ds, source.column, skip_empty=skip_empty)
 
     settings = EmbedSettings(prompt_name, prompt, truncate_dim, normalize)
+    # `make` builds the embedder only once something needs embedding (and on each Ray actor).
     make: Callable[[], tuple[Embedder, dict[str, Any]]]
     if embedder_factory is not None:
-        factory = embedder_factory
-        embedder, model_meta = factory(settings)
-        make = lambda: (embedder, model_meta)  # noqa: E731
+        made = embedder_factory(settings)
+        model_meta = made[1]
+        make = partial(_given, made)
     elif remote:
         model_meta = {"model": model, "model_revision": model_revision, "model_origin": f"remote ({remote})"}
-        make = lambda: _remote_embedder(remote, api, model, settings, token, concurrency)  # noqa: E731
+        make = partial(_remote_embedder, remote, api, model, settings, token, concurrency)
     else:
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
-        batch_size *= len(devices)
+        model_batch, batch_size = batch_size, batch_size * 4 * len(devices)  # chunks of 4 passes per device
         resolved = resolve_model(model, revision=model_revision, token=token)
         model_meta = {
             "model": resolved.model_id,
             "model_revision": resolved.revision,
             "model_origin": resolved.origin,
         }
-        make = lambda: _local_embedder(resolved, device, trust_remote_code, settings, token)  # noqa: E731
+        make = partial(
+            _local_embedder, resolved, device, trust_remote_code, settings, token, backend, model_batch
+        )
     meta: dict[str, Any] = {**model_meta, **settings.to_dict(), "trust_remote_code": trust_remote_code}
+    if not remote and embedder_factory is None:
+        meta["backend"] = backend  # not in the settings fingerprint: onnx gives torch's vectors
     settings_key = refresh.fingerprint(meta)
     same_settings = (
         bool(previous) and refresh.fingerprint(previous) == settings_key and previous.get("layout") == layout
@@ -264,16 +274,29 @@ def _missing(hashes: list[str], texts: list[str], cache: refresh.VectorCache) ->
     return todo_hashes, todo_texts
 
 
+def _given(made: tuple[Embedder, dict[str, Any]]) -> tuple[Embedder, dict[str, Any]]:
+    return made
+
+
 def _local_embedder(
     resolved: Any,
     device: str,
     trust_remote_code: bool,
     settings: EmbedSettings,
     token: str | None,
+    backend: str = "torch",
+    batch_size: int = 32,
 ) -> tuple[Embedder, dict[str, Any]]:
     devices = pick_devices(device)
-    st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
-    embedder = LocalEmbedder(st_model, settings, devices)
+    embedder: Embedder
+    if backend == "onnx":
+        from .onnx_embedder import make_onnx_embedder
+
+        st_model = load_model(resolved, device="cpu", token=token, trust_remote_code=trust_remote_code)
+        embedder = make_onnx_embedder(st_model, settings)
+    else:
+        st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
+        embedder = LocalEmbedder(st_model, settings, devices, batch_size=batch_size)
     query = query_settings(settings, st_model.prompts or {})
     return embedder, {"query_prompt_name": query.prompt_name, "query_prompt": query.prompt}
 

@@ -165,3 +165,13 @@ def test_rebuilding_a_folder_in_place_is_what_load_sees(tmp_path):
     hubembed.build("sample:medicare-faqs", dst, truncate_dim=32, progress=False)
     index = hubembed.load(dst)
     assert index.embeddings.shape == (13, 32) and index.metadata["truncate_dim"] == 32
+
+
+def test_onnx_backend_through_the_cli_gives_torchs_vectors(capsys, tmp_path, st_model, medicare_texts):
+    pytest.importorskip("onnxruntime")
+    assert main(["-q", "build", "sample:medicare-faqs", str(tmp_path / "o"), "--backend", "onnx"]) == 0
+    index = hubembed.load(str(tmp_path / "o"))
+    assert index.metadata["backend"] == "onnx"
+    expected = st_model.encode(medicare_texts, normalize_embeddings=True)
+    assert cosine_rows(index.embeddings.numpy(), expected).min() > 0.999
+    assert [h["corpus_id"] for h in index.search("How can Medicare help me?", top_k=5)] == [8, 7, 3, 9, 10]

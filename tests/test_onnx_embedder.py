@@ -1,0 +1,120 @@
+"""The onnx backend gives the vectors sentence-transformers gives, and exports a model once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hubembed.embedder import EmbedSettings
+from hubembed.errors import ModelError
+from tests.conftest import MEDICARE_QUERY, MEDICARE_TOP5
+
+pytest.importorskip("onnxruntime")
+
+from hubembed.onnx_embedder import OnnxEmbedder, make_onnx_embedder  # noqa: E402
+
+# Past the model's 256-token limit, so both backends must truncate the same way.
+LONG_TEXTS = [
+    " ".join(f"Medicare Part {part} covers item {i} for members over {60 + i % 10}." for i in range(40))
+    for part in "ABD"
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx_cache")
+
+
+@pytest.fixture(autouse=True)
+def shared_cache(own_checkpoints, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hubembed cache for this module's tests, so the model is exported once, not per test."""
+    monkeypatch.setenv("HUBEMBED_CACHE", str(onnx_cache))
+
+
+@pytest.fixture(scope="module")
+def onnx(st_model, onnx_cache: Path) -> OnnxEmbedder:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HUBEMBED_CACHE", str(onnx_cache))
+        return make_onnx_embedder(st_model, EmbedSettings())
+
+
+def test_same_vectors_as_encode(onnx, st_model, medicare_texts):
+    assert onnx.exported and onnx.path.is_file()
+    assert all(len(ids) > 256 for ids in st_model.tokenizer(LONG_TEXTS, verbose=False)["input_ids"])
+    texts = [*medicare_texts, *LONG_TEXTS, "x"]
+    got = onnx.embed_batch(texts)
+    expected = st_model.encode(texts, normalize_embeddings=True)
+    assert got.dtype == np.float32 and got.shape == (len(texts), 384) == (len(texts), onnx.dimension)
+    assert cosines(got, expected).min() >= 0.999
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert onnx.embed_batch([]).shape == (0, 384)
+
+
+def test_medicare_ranking_unchanged(onnx, medicare_texts):
+    docs = onnx.embed_batch(medicare_texts)
+    query = onnx.embed_batch([MEDICARE_QUERY])[0]
+    scores = docs @ query
+    top = np.argsort(-scores)[:5]
+    assert [int(i) for i in top] == [i for i, _ in MEDICARE_TOP5]
+    assert scores[top] == pytest.approx([s for _, s in MEDICARE_TOP5], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "kwargs"),
+    [
+        (EmbedSettings(prompt="query: "), {"prompt": "query: ", "normalize_embeddings": True}),
+        (EmbedSettings(prompt_name="query"), {"prompt_name": "query", "normalize_embeddings": True}),
+        (EmbedSettings(truncate_dim=128), {"truncate_dim": 128, "normalize_embeddings": True}),
+        (EmbedSettings(truncate_dim=64, normalize=False), {"truncate_dim": 64}),
+    ],
+)
+def test_settings_are_honoured(st_model, medicare_texts, settings, kwargs):
+    embedder = make_onnx_embedder(st_model, settings)
+    got = embedder.embed_batch(medicare_texts)
+    expected = st_model.encode(medicare_texts, **kwargs)
+    assert got.shape == expected.shape == (len(medicare_texts), embedder.dimension)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_a_prompt_changes_the_vectors(onnx, st_model, medicare_texts):
+    prompted = make_onnx_embedder(st_model, EmbedSettings(prompt="Represent this question: "))
+    assert cosines(prompted.embed_batch(medicare_texts), onnx.embed_batch(medicare_texts)).min() < 0.99
+
+
+def test_second_construction_reuses_the_export(onnx, st_model):
+    mtime = onnx.path.stat().st_mtime_ns
+    again = make_onnx_embedder(st_model, EmbedSettings(truncate_dim=32))
+    assert again.path == onnx.path
+    assert not again.exported
+    assert onnx.path.stat().st_mtime_ns == mtime
+    assert not list(onnx.path.parent.glob(".*.tmp"))
+
+
+def test_bad_settings_and_unsupported_models_are_refused(st_model):
+    with pytest.raises(ModelError, match="no prompt named"):
+        make_onnx_embedder(st_model, EmbedSettings(prompt_name="nope"))
+    with pytest.raises(ModelError, match="truncate-dim"):
+        make_onnx_embedder(st_model, EmbedSettings(truncate_dim=1000))
+    from sentence_transformers import SentenceTransformer
+
+    bare = SentenceTransformer(modules=[st_model[0]])  # no pooling: token embeddings only
+    with pytest.raises(ModelError, match="torch backend"):
+        make_onnx_embedder(bare, EmbedSettings())
+
+
+def test_missing_onnxruntime_says_what_to_install(st_model, monkeypatch):
+    import sys
+
+    from hubembed.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UsageError, match=r"pip install 'hubembed\[onnx\]'"):
+        make_onnx_embedder(st_model, EmbedSettings())
