@@ -193,16 +193,18 @@ def build(
                 query_meta = {"query_prompt_name": None, "query_prompt": None}  # the loader derives them
             else:
                 embedder, query_meta = make()
-                fresh = embed_all(
-                    embedder,
-                    todo_texts,
-                    batch_size=batch_size,
-                    progress=progress,
-                    policy=RetryPolicy(request_timeout=request_timeout),
-                    time_budget=time_budget,
-                    on_batch=save,
-                )
-                embedder.close()
+                try:
+                    fresh = embed_all(
+                        embedder,
+                        todo_texts,
+                        batch_size=batch_size,
+                        progress=progress,
+                        policy=RetryPolicy(request_timeout=request_timeout),
+                        time_budget=time_budget,
+                        on_batch=save,
+                    )
+                finally:
+                    embedder.close()  # worker processes of a multi-device pool
         except TimeBudgetExceeded as exc:
             raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
         finally:
