@@ -37,12 +37,17 @@ def is_connection_error(exc: BaseException) -> bool:
     return bool(names & transport) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
-def source_error(exc: BaseException, repo_id: str, revision: str | None, token: str | None) -> Exception:
-    """The SourceError to raise for a Hub error about dataset REPO_ID, or EXC itself if not ours."""
+def source_error(
+    exc: BaseException, repo_id: str, revision: str | None, token: str | None
+) -> Exception | None:
+    """The error to raise instead of EXC, a Hub client's failure to read dataset REPO_ID:
+    SourceError (gated, missing, no such revision) or HubUnreachableError; None if not ours."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from .errors import SourceError
+    from .errors import HubUnreachableError, SourceError
 
+    if is_connection_error(exc):
+        return HubUnreachableError(f"cannot reach the Hub at {config.hf_endpoint()}: {exc}")
     if isinstance(exc, GatedRepoError):
         return SourceError(
             f"dataset {repo_id!r} is gated: accept its conditions at {repo_url(repo_id)} and {LOGIN_HINT}"
@@ -52,4 +57,4 @@ def source_error(exc: BaseException, repo_id: str, revision: str | None, token: 
         return SourceError(f"dataset {repo_id!r} was not found on the Hub ({hint})")
     if isinstance(exc, RevisionNotFoundError):
         return SourceError(f"dataset {repo_id!r} has no revision {revision!r}")
-    return exc  # type: ignore[return-value]
+    return None

@@ -13,7 +13,7 @@ import numpy as np
 from . import _hub, config
 from .card import read_metadata
 from .embedder import EmbedSettings, LocalEmbedder, query_settings
-from .errors import ColumnError, HubUnreachableError, SourceError
+from .errors import ColumnError, SourceError
 from .search import semantic_search
 
 if TYPE_CHECKING:
@@ -323,7 +323,10 @@ def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> 
                 "cannot reach the Hub at %s: reading %s from the local cache", config.hf_endpoint(), repo_id
             )
             return revision
-        raise _hub.source_error(exc, repo_id, revision, token) from exc
+        mapped = _hub.source_error(exc, repo_id, revision, token)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
@@ -335,9 +338,10 @@ def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
     except EntryNotFoundError:
         return ""
     except Exception as exc:
-        if _hub.is_connection_error(exc):
-            raise HubUnreachableError(f"cannot reach the Hub at {config.hf_endpoint()}: {exc}") from exc
-        raise _hub.source_error(exc, repo_id, revision, token) from exc
+        mapped = _hub.source_error(exc, repo_id, revision, token)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return Path(path).read_text(encoding="utf-8")
 
 

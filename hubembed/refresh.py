@@ -62,10 +62,6 @@ class VectorCache:
         block, row = self._index[key]
         return self._blocks[block][row]
 
-    @property
-    def dimension(self) -> int | None:
-        return self._blocks[0].shape[1] if self._blocks else None
-
 
 class Checkpoint:
     """Vectors of an unfinished build, appended to a file under the hubembed cache as each

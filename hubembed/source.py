@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _hub, config
-from .errors import ColumnError, HubUnreachableError, InvalidTextError, SourceError
+from .errors import ColumnError, InvalidTextError, SourceError
 
 if TYPE_CHECKING:
     import datasets
@@ -96,9 +96,10 @@ def _open_hub(
     try:
         sha = HfApi().dataset_info(repo_id, revision=revision, token=token).sha
     except Exception as exc:
-        if _hub.is_connection_error(exc):
-            raise HubUnreachableError(f"cannot reach the Hub at {config.hf_endpoint()}: {exc}") from exc
-        raise _hub.source_error(exc, repo_id, revision, token) from exc
+        mapped = _hub.source_error(exc, repo_id, revision, token)
+        if mapped is None:
+            raise
+        raise mapped from exc
     assert sha is not None
     try:
         builder = datasets.load_dataset_builder(repo_id, name=config_name, revision=sha, token=token)
