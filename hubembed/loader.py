@@ -13,7 +13,7 @@ import numpy as np
 from . import _hub, config
 from .card import read_metadata
 from .embedder import EmbedSettings, LocalEmbedder, query_settings
-from .errors import ColumnError, SourceError
+from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
 
 if TYPE_CHECKING:
@@ -331,12 +331,16 @@ def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> 
 
 def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         path = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
-    except EntryNotFoundError:
-        return ""
+    except RemoteEntryNotFoundError:
+        return ""  # the repo has no card: the blog's shape
+    except LocalEntryNotFoundError as exc:  # the Hub out of reach, and nothing cached
+        raise HubUnreachableError(
+            f"cannot reach the Hub at {config.hf_endpoint()} and {repo_id!r} is not in the local cache"
+        ) from exc
     except Exception as exc:
         mapped = _hub.source_error(exc, repo_id, revision, token)
         if mapped is None:
@@ -350,4 +354,11 @@ def _load_hub(
 ) -> datasets.Dataset:
     import datasets
 
-    return _pick(datasets.load_dataset(repo_id, revision=revision, token=token), meta, split)
+    try:
+        loaded = datasets.load_dataset(repo_id, revision=revision, token=token)
+    except Exception as exc:
+        mapped = _hub.source_error(exc, repo_id, revision, token)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    return _pick(loaded, meta, split)

@@ -167,3 +167,16 @@ def test_revision_config_and_split_of_a_hub_source(hub, alice, repo_name):
     assert (meta["source"]["revision"], meta["rows"]) == (first, 2)
     bad = run_cli("build", src, dst, "--config", "de")
     assert bad.returncode == 2 and "cannot read dataset" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_search_with_the_hub_out_of_reach_says_so(tmp_path):
+    """Nothing cached and nothing listening: a message and exit 1, not a traceback."""
+    import socket
+
+    with socket.socket() as s:  # a port with nothing behind it
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {"HF_ENDPOINT": dead, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "1"}
+    result = run_cli("search", "alice/anything", "a question", env=env)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot reach the Hub at {dead}" in result.stderr and "Traceback" not in result.stderr
