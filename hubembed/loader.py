@@ -15,6 +15,7 @@ from .card import read_metadata
 from .embedder import EmbedSettings, LocalEmbedder, query_settings
 from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
+from .source import FILE_BUILDERS
 
 if TYPE_CHECKING:
     import datasets
@@ -263,9 +264,6 @@ def _pick(dd: Any, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
     return dd[split]
 
 
-_READERS = (".parquet", ".csv", ".json", ".jsonl")
-
-
 def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
     """Read local files straight into Arrow, memory-mapped where possible.
 
@@ -278,9 +276,9 @@ def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets
         split = split or (meta.get("source") or {}).get("split") or config.DEFAULT_SPLIT
         shards = sorted(path.glob(f"data/{split}-*.parquet"))
         files = shards or sorted(
-            p for p in path.rglob("*") if p.suffix in _READERS and ".cache" not in p.parts
+            p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and ".cache" not in p.parts
         )
-    if not files or any(p.suffix not in _READERS for p in files):
+    if not files or any(p.suffix not in FILE_BUILDERS for p in files):
         raise SourceError(
             f"cannot read {path}: give a folder built by hubembed, or a csv, json or parquet file"
         )

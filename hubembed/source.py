@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubembed")
 
-_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# The file formats hubembed reads, and the datasets builder for each.
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -62,10 +63,10 @@ def open_source(
 def _open_local(path: Path, src: str, split: str | None) -> tuple[datasets.Dataset, SourceInfo]:
     import datasets
 
-    files = sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS) if path.is_dir() else [path]
     if not files:
         raise SourceError(f"{src!r} holds no csv, json, jsonl or parquet files")
-    builders = {_BUILDERS.get(p.suffix) for p in files}
+    builders = {FILE_BUILDERS.get(p.suffix) for p in files}
     if None in builders or len(builders) > 1:
         raise SourceError(
             f"cannot read {src!r}: give csv, json/jsonl or parquet files, all of one format "
