@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +15,7 @@ from .embedder import EmbedSettings, LocalEmbedder, query_settings
 from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
 from .source import FILE_BUILDERS
+from .vectors import cached_matrix, fingerprint, matrix
 
 if TYPE_CHECKING:
     import datasets
@@ -33,38 +33,73 @@ class EmbeddedDataset:
 
     def __init__(
         self,
-        dataset: datasets.Dataset,
+        dataset: datasets.Dataset | None,
         metadata: dict[str, Any],
         *,
         model: str | None = None,
         token: str | None = None,
         device: str = "auto",
         trust_remote_code: bool = False,
+        shards: tuple[str, list[Path]] | None = None,
     ) -> None:
-        self.dataset = dataset
+        # SHARDS, (location, parquet files), stands in for DATASET until something needs the
+        # rows: the vectors then come from the decoded-vector cache (hubembed/vectors.py).
+        if dataset is None and not shards:
+            raise ValueError("give a dataset or its parquet shards")
+        self._dataset = dataset
+        self._shards = shards
         self.metadata = metadata
         self._model = model
         self._token = token
         self._device = device
         self._trust_remote_code = trust_remote_code
-        self.embedding_columns = _embedding_columns(dataset, metadata)
+        self.embedding_columns = _embedding_columns(self._column_names, metadata)
+
+    @property
+    def dataset(self) -> datasets.Dataset:
+        """The rows, vectors included, as a datasets.Dataset (read on first use)."""
+        if self._dataset is None:
+            assert self._shards is not None
+            self._dataset = _read_files(self._shards[1])
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: datasets.Dataset) -> None:
+        # New rows: what was derived from the old ones no longer holds.
+        self._dataset, self._shards = value, None
+        for derived in ("embeddings", "_corpus_norms", "_rows"):
+            self.__dict__.pop(derived, None)
+
+    @property
+    def _column_names(self) -> list[str]:
+        if self._shards is not None and self._dataset is None:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(self._shards[1][0]).names)
+        return list(self.dataset.column_names)
 
     @property
     def text_column(self) -> str | None:
         column = (self.metadata.get("source") or {}).get("column")
-        return column if column in self.dataset.column_names else None
+        return column if column in self._column_names else None
 
     @cached_property
     def embeddings(self) -> torch.Tensor:
         """The vectors as one N x d float32 tensor.
 
-        One in-memory chunk of float32 vectors (a dataset of one parquet shard) is shared with
-        the dataset's Arrow column, not copied: treat the tensor as read-only (``.clone()``
-        before editing it in place). Anything else is copied chunk by chunk.
+        A dataset loaded by ``hubembed.load`` from parquet shards (a folder built by hubembed,
+        or a Hub repo) maps its vectors from hubembed's cache, decoded from the shards on the
+        first load, copy-on-write: edits to the tensor stay in this process. Otherwise one
+        in-memory chunk of float32 vectors is shared with the dataset's Arrow column (treat the
+        tensor as read-only; ``.clone()`` before editing it in place), and anything else is
+        copied chunk by chunk.
         """
         import torch
 
-        return torch.from_numpy(_matrix(self._table, self.embedding_columns))
+        if self._shards is not None and len(self.embedding_columns) == 1:
+            location, files = self._shards
+            return torch.from_numpy(cached_matrix(location, files, self.embedding_columns[0]))
+        return torch.from_numpy(matrix(self._table, self.embedding_columns))
 
     @property
     def _table(self) -> Any:
@@ -72,6 +107,22 @@ class EmbeddedDataset:
         if self.dataset._indices is not None:
             return self.dataset.with_format("arrow")[:]
         return self.dataset.data.table
+
+    @cached_property
+    def _rows(self) -> Any:
+        """What a hit shows, as a pyarrow Table: the user's columns, not the vector, nor our
+        bookkeeping hash. Read from the shards without their vectors where there are shards."""
+        hidden = [*self.embedding_columns, self.metadata.get("hash_column")]
+        shown = [c for c in self._column_names if c not in hidden]
+        if self.metadata.get("layout") == "blog":
+            shown = []
+        if self._shards is not None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            files = self._shards[1]
+            return pa.concat_tables(pq.read_table(f, columns=shown, memory_map=True) for f in files)
+        return self._table.select(shown)
 
     @cached_property
     def _corpus_norms(self) -> torch.Tensor | None:
@@ -136,13 +187,10 @@ class EmbeddedDataset:
         norms = self._corpus_norms
         hits = semantic_search(vectors, self.embeddings, top_k, normalized=norms is None, corpus_norms=norms)
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
-        hidden = [*self.embedding_columns, self.metadata.get("hash_column")]
-        shown = [c for c in self.dataset.column_names if c not in hidden]
-        if self.metadata.get("layout") == "blog" or not shown:
-            shown = []
         # One Arrow take for all hits, instead of a row lookup per hit.
         ids = [hit["corpus_id"] for per_query in hits for hit in per_query]
-        picked = self._table.select(shown).take(ids).to_pylist() if shown and ids else [{}] * len(ids)
+        rows = self._rows
+        picked = rows.take(ids).to_pylist() if rows.num_columns and ids else [{}] * len(ids)
         found = iter(picked)
         for per_query in hits:
             for hit in per_query:
@@ -150,77 +198,18 @@ class EmbeddedDataset:
         return hits[0] if single else hits
 
 
-def _embedding_columns(ds: datasets.Dataset, meta: dict[str, Any]) -> list[str]:
+def _embedding_columns(names: list[str], meta: dict[str, Any]) -> list[str]:
     column = meta.get("embedding_column") or config.EMBEDDING_COLUMN
-    if column in ds.column_names and meta.get("layout") != "blog":
+    if column in names and meta.get("layout") != "blog":
         return [column]
     # The blog's shape: one numeric column per dimension, named "0".."d-1".
-    digits = [c for c in ds.column_names if c.isdigit()]
+    digits = [c for c in names if c.isdigit()]
     if digits and sorted(int(c) for c in digits) == list(range(len(digits))):
         return sorted(digits, key=int)
     raise ColumnError(
         f"no embeddings found: expected an {column!r} column or columns named '0'..'d-1'; "
-        f"columns: {', '.join(ds.column_names)}"
+        f"columns: {', '.join(names)}"
     )
-
-
-def _matrix(table: Any, columns: list[str]) -> np.ndarray:
-    """The vectors in COLUMNS of TABLE (one list column, or one column per dimension): n x d float32.
-
-    One chunk of float32 vectors in writable memory comes back as a view of Arrow's buffer,
-    not a copy. A memory-mapped file's buffers are read-only: those, several chunks, and other
-    number types are copied, a chunk at a time. Raises ColumnError for rows that are not vectors
-    of one length.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = table.num_rows
-    if len(columns) > 1:
-        out = np.empty((n, len(columns)), dtype=np.float32)
-        for j, name in enumerate(columns):
-            out[:, j] = table.column(name).to_numpy()
-        return out
-    name = columns[0]
-    column = table.column(name)
-    chunks = [c for c in column.chunks if len(c)]
-    fixed = pa.types.is_fixed_size_list(column.type)
-    if fixed:
-        d = column.type.list_size
-    elif chunks and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-        d = pc.list_value_length(chunks[0][:1])[0].as_py() or 0
-    elif chunks:
-        raise ColumnError(f"column {name!r} holds {column.type}, not vectors of numbers")
-    else:
-        d = 0
-
-    def vectors(chunk: Any) -> np.ndarray:
-        if chunk.null_count:
-            raise ColumnError(f"column {name!r} has {chunk.null_count} rows without a vector")
-        if not fixed:
-            lengths = pc.min_max(pc.list_value_length(chunk))
-            if (lengths["min"].as_py(), lengths["max"].as_py()) != (d, d):
-                raise ColumnError(f"column {name!r} holds vectors of different lengths")
-        values = chunk.flatten()
-        if values.null_count or not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
-            raise ColumnError(f"column {name!r} must hold vectors of numbers, with none missing")
-        dtype = np.dtype(values.type.to_pandas_dtype())
-        # frombuffer is writable exactly where Arrow's buffer is mutable (not a read-only mmap).
-        flat = np.frombuffer(
-            values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize
-        )
-        return flat.reshape(len(chunk), d)
-
-    if len(chunks) == 1:
-        view = vectors(chunks[0])
-        if view.dtype == np.float32 and view.flags.writeable:
-            return view
-    out = np.empty((n, d), dtype=np.float32)
-    offset = 0
-    for chunk in chunks:
-        out[offset : offset + len(chunk)] = vectors(chunk)
-        offset += len(chunk)
-    return out
 
 
 def load(
@@ -243,16 +232,25 @@ def load(
     if path.exists():
         readme = path / "README.md"
         meta = read_metadata(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
-        ds = _load_local(path, meta, split)
+        ds, shards = _load_local(path, meta, split)
     else:
         repo_id = _hub.strip_hf_prefix(repo_or_path)
         # Pin one commit, so the card and the rows we read belong together.
         sha = _resolve_revision(repo_id, revision, token)
         meta = read_metadata(_hub_readme(repo_id, sha, token))
-        ds = _load_hub(repo_id, sha, meta, split, token)
+        ds, shards = _load_hub(repo_id, sha, meta, split, token)
     return EmbeddedDataset(
-        ds, meta, model=model, token=token, device=device, trust_remote_code=trust_remote_code
+        ds, meta, model=model, token=token, device=device, trust_remote_code=trust_remote_code, shards=shards
     )
+
+
+# What a load found: a datasets.Dataset, or hubembed's parquet shards (location, files) for
+# EmbeddedDataset to read lazily.
+Found = tuple["datasets.Dataset | None", "tuple[str, list[Path]] | None"]
+
+
+def _split_of(meta: dict[str, Any], split: str | None) -> str:
+    return split or (meta.get("source") or {}).get("split") or config.DEFAULT_SPLIT
 
 
 def _pick(dd: Any, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
@@ -264,8 +262,8 @@ def _pick(dd: Any, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
     return dd[split]
 
 
-def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets.Dataset:
-    """Read local files straight into Arrow, memory-mapped where possible.
+def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> Found:
+    """A hubembed folder's shards, or other local files read straight into Arrow.
 
     Not through load_dataset: its cache keys a local folder by file names and times, so a
     folder rebuilt in place can come back as the previous build.
@@ -273,16 +271,16 @@ def _load_local(path: Path, meta: dict[str, Any], split: str | None) -> datasets
     if path.is_file():
         files = [path]
     else:
-        split = split or (meta.get("source") or {}).get("split") or config.DEFAULT_SPLIT
+        split = _split_of(meta, split)
         shards = sorted(path.glob(f"data/{split}-*.parquet"))
-        files = shards or sorted(
-            p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and ".cache" not in p.parts
-        )
+        if shards:
+            return None, (f"folder:{path.resolve()}:{split}", shards)
+        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and ".cache" not in p.parts)
     if not files or any(p.suffix not in FILE_BUILDERS for p in files):
         raise SourceError(
             f"cannot read {path}: give a folder built by hubembed, or a csv, json or parquet file"
         )
-    return _read_files(files)
+    return _read_files(files), None
 
 
 def _read_files(files: list[Path]) -> datasets.Dataset:
@@ -302,9 +300,7 @@ def _read_files(files: list[Path]) -> datasets.Dataset:
             tables.append(pjson.read_json(f))
     # Dataset(table) restores datasets' features from the schema metadata the shards carry.
     # Its default fingerprint hashes the whole table; the files' identity is enough here.
-    identity = "\0".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return datasets.Dataset(pa.concat_tables(tables), fingerprint=fingerprint)
+    return datasets.Dataset(pa.concat_tables(tables), fingerprint=fingerprint(files))
 
 
 def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> str | None:
@@ -349,14 +345,29 @@ def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
 
 def _load_hub(
     repo_id: str, revision: str | None, meta: dict[str, Any], split: str | None, token: str | None
-) -> datasets.Dataset:
+) -> Found:
+    """A hubembed repo's shards for the split, downloaded (or found in the HF cache) as files;
+    any other repo through load_dataset."""
     import datasets
+    from huggingface_hub import snapshot_download
 
     try:
+        if meta and meta.get("layout") != "blog":
+            split = _split_of(meta, split)
+            folder = snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=[f"data/{split}-*.parquet"],
+                token=token,
+            )
+            shards = sorted(Path(folder).glob(f"data/{split}-*.parquet"))
+            if shards:
+                return None, (f"hub:{config.hf_endpoint()}/{repo_id}:{split}", shards)
         loaded = datasets.load_dataset(repo_id, revision=revision, token=token)
     except Exception as exc:
         mapped = _hub.source_error(exc, repo_id, revision, token)
         if mapped is None:
             raise
         raise mapped from exc
-    return _pick(loaded, meta, split)
+    return _pick(loaded, meta, split), None

@@ -63,6 +63,7 @@ def test_second_build_makes_a_new_commit_that_downstream_loads_see(hub, alice, s
     dst = f"alice/{repo_name}"
     hubembed.build(source, dst, progress=False)
     first = hub.commits(dst)[0]["id"]
+    assert hubembed.load(dst).embeddings.shape == (13, 384)  # its decoded vectors now cached
     hub.commit_files(source, {"data/train.csv": faqs_csv(["Does Medicare cover dental care?"])})
     hubembed.build(source, dst, progress=False)
     assert len(hub.commits(dst)) == 3 and hub.commits(dst)[0]["id"] != first

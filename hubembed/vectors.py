@@ -1,0 +1,178 @@
+"""An embedding column as one n x d float32 matrix: decoded from Arrow, or memory-mapped from
+hubembed's cache of parquet shards already decoded once.
+
+Decoding a parquet vector column costs about as much as the blog's whole CSV path, on every
+load. The cache keeps the decoded matrix as a .npy file per dataset location, named by the
+shards' identity (path, size, modification time), so a rebuilt folder or a new Hub commit never
+reads a stale matrix, and a load after the first maps it in milliseconds. It is mapped
+copy-on-write: the tensor is writable and edits stay in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import config
+from .errors import ColumnError
+
+log = logging.getLogger("hubembed")
+
+# Rows decoded per step when filling the cache: bounded memory whatever the shard size.
+DECODE_ROWS = 2048
+
+
+def matrix(table: Any, columns: list[str]) -> np.ndarray:
+    """The vectors in COLUMNS of TABLE (one list column, or one column per dimension): n x d float32.
+
+    One chunk of float32 vectors in writable memory comes back as a view of Arrow's buffer,
+    not a copy. A memory-mapped file's buffers are read-only: those, several chunks, and other
+    number types are copied, a chunk at a time. Raises ColumnError for rows that are not vectors
+    of one length.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if len(columns) > 1:
+        out = np.empty((n, len(columns)), dtype=np.float32)
+        for j, name in enumerate(columns):
+            out[:, j] = table.column(name).to_numpy()
+        return out
+    name = columns[0]
+    column = table.column(name)
+    chunks = [c for c in column.chunks if len(c)]
+    fixed = pa.types.is_fixed_size_list(column.type)
+    if fixed:
+        d = column.type.list_size
+    elif chunks and (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        d = pc.list_value_length(chunks[0][:1])[0].as_py() or 0
+    elif chunks:
+        raise ColumnError(f"column {name!r} holds {column.type}, not vectors of numbers")
+    else:
+        d = 0
+
+    def vectors(chunk: Any) -> np.ndarray:
+        if chunk.null_count:
+            raise ColumnError(f"column {name!r} has {chunk.null_count} rows without a vector")
+        if not fixed:
+            lengths = pc.min_max(pc.list_value_length(chunk))
+            if (lengths["min"].as_py(), lengths["max"].as_py()) != (d, d):
+                raise ColumnError(f"column {name!r} holds vectors of different lengths")
+        values = chunk.flatten()
+        if values.null_count or not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            raise ColumnError(f"column {name!r} must hold vectors of numbers, with none missing")
+        dtype = np.dtype(values.type.to_pandas_dtype())
+        # frombuffer is writable exactly where Arrow's buffer is mutable (not a read-only mmap).
+        flat = np.frombuffer(
+            values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize
+        )
+        return flat.reshape(len(chunk), d)
+
+    if len(chunks) == 1:
+        view = vectors(chunks[0])
+        if view.dtype == np.float32 and view.flags.writeable:
+            return view
+    out = np.empty((n, d), dtype=np.float32)
+    offset = 0
+    for chunk in chunks:
+        out[offset : offset + len(chunk)] = vectors(chunk)
+        offset += len(chunk)
+    return out
+
+
+def fingerprint(files: list[Path]) -> str:
+    """A short key that changes whenever one of FILES is replaced or rewritten."""
+    identity = "\0".join(
+        f"{f.resolve()}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" for f in files for st in [f.stat()]
+    )
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
+    """COLUMN of the parquet FILES (in order) as an n x d float32 matrix, memory-mapped from the
+    cache; the first call for these files decodes them into it.
+
+    LOCATION names the dataset (a folder, a repo and split): its older entries are removed when
+    a new one is written, so the cache holds one matrix per dataset. Where the cache cannot be
+    written (read-only, full), the matrix is decoded into memory instead.
+    """
+    import pyarrow.parquet as pq
+
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if n == 0:
+        return (
+            matrix(pq.read_table(files[0], columns=[column]), [column])
+            if files
+            else np.empty((0, 0), np.float32)
+        )
+    folder = config.cache_dir() / "vectors"
+    stem = hashlib.sha256(f"{location}\0{column}".encode()).hexdigest()[:24]
+    path = folder / f"{stem}-{fingerprint(files)}.npy"
+    if path.is_file():
+        try:
+            return np.load(path, mmap_mode="c")
+        except (OSError, ValueError) as exc:  # cut short by a crash or a full disk: decode again
+            log.debug("ignoring unreadable vector cache %s: %s", path, exc)
+    tmp = folder / f".{stem}-{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            _write_npy(out, files, column, n)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        log.warning("cannot cache decoded vectors under %s (%s): decoding into memory", folder, exc)
+        return np.concatenate(list(_decode(files, column)))
+    except BaseException:
+        _remove(tmp)
+        raise
+    for old in folder.glob(f"{stem}-*.npy"):
+        if old != path:
+            _remove(old)
+    return np.load(path, mmap_mode="c")
+
+
+def _remove(path: Path) -> None:
+    # Gone already (another process), or never made (no folder): either way, nothing to do.
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _decode(files: list[Path], column: str) -> Iterator[np.ndarray]:
+    """COLUMN of FILES as float32 matrices of at most DECODE_ROWS rows each, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for f in files:
+        # Read, not mapped, and a page at a time: a mapped shard counts in the resident set.
+        shard = pq.ParquetFile(f, memory_map=False, pre_buffer=False, buffer_size=1 << 20)
+        batches = shard.iter_batches(batch_size=DECODE_ROWS, columns=[column])
+        for batch in batches:
+            yield matrix(pa.Table.from_batches([batch]), [column]).astype(np.float32, copy=False)
+
+
+def _write_npy(out: BinaryIO, files: list[Path], column: str, n: int) -> None:
+    """Write COLUMN of FILES (N rows) to OUT as one .npy array, a batch at a time: plain writes,
+    not a memory map, so a full disk is an OSError rather than a SIGBUS."""
+    d: int | None = None
+    rows = 0
+    for m in _decode(files, column):
+        if d is None:
+            d = m.shape[1]
+            np.lib.format.write_array_header_1_0(
+                out, {"descr": "<f4", "fortran_order": False, "shape": (n, d)}
+            )
+        if m.shape[1] != d:
+            raise ColumnError(f"column {column!r} holds vectors of different lengths")
+        out.write(np.ascontiguousarray(m).tobytes())
+        rows += len(m)
+    if rows != n:
+        raise OSError(f"read {rows} vectors where the files' metadata says {n}")
