@@ -1,9 +1,14 @@
-"""Write a build's files into a staging folder: parquet shards (or the blog's CSV) and the card."""
+"""Write a build's files into a staging folder: parquet shards (or the blog's CSV) and the card.
+
+Both engines write shards through ShardWriter: the local engine a whole table, the Ray engine
+rows as they stream in. Neither knows the number of shards up front, so a shard is closed once
+it passes MAX_SHARD_BYTES, and the shards are named ``{split}-{i:05d}-of-{n:05d}.parquet`` at
+the end.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +19,8 @@ from .card import render_card
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 log = logging.getLogger("hubembed")
 
@@ -32,38 +39,32 @@ def write_shards(
 ) -> None:
     """The source rows plus the embedding column (and EXTRA_COLUMNS) as parquet under data/."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets import Dataset
 
-    added = [config.EMBEDDING_COLUMN, *(extra_columns or {})]
-    clashes = [c for c in added if c in ds.column_names]
-    if clashes:
-        ds = ds.remove_columns(clashes)
-        log.warning("the source already has %s: replaced by this build's", ", ".join(map(repr, clashes)))
+    extra = extra_columns or {}
+    features, schema = output_features(ds.features, vectors.shape[1], list(extra))
+    table = ds.data.table.drop_columns([c for c in (config.EMBEDDING_COLUMN, *extra) if c in ds.column_names])
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    table = ds.data.table.append_column(
+    table = table.append_column(
         config.EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
     )
-    for name, values in (extra_columns or {}).items():
+    for name, values in extra.items():
         table = table.append_column(name, pa.array(values, type=pa.string()))
-    out = Dataset(table)
-    num_bytes = int(table.nbytes)
-    shards = max(1, math.ceil(num_bytes / MAX_SHARD_BYTES))
-    split = meta["source"]["split"]
-    (staged / "data").mkdir()
-    # The schema carries datasets' features metadata, so load_dataset reads the fixed-length
-    # float32 list back exactly; slices are zero-copy.
-    full = out.data.table
-    per_shard = math.ceil(len(out) / shards)
-    options = parquet_options(full.schema)
-    for i in range(shards):
-        pq.write_table(
-            full.slice(i * per_shard, per_shard),
-            staged / "data" / f"{split}-{i:05d}-of-{shards:05d}.parquet",
-            **options,
-        )
+    # The same writer as the Ray engine's, fed a row group at a time: the same shards.
+    writer = ShardWriter(staged, meta["source"]["split"], schema)
+    step = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
+    try:
+        for start in range(0, table.num_rows, step):
+            writer.write(table.slice(start, step))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     readme = render_card(
-        meta, data_files=f"data/{split}-*", features=out.features, num_bytes=num_bytes, dst=dst
+        meta,
+        data_files=f"data/{meta['source']['split']}-*",
+        features=features,
+        num_bytes=writer.num_bytes,
+        dst=dst,
     )
     (staged / "README.md").write_text(readme, encoding="utf-8")
 
@@ -99,3 +100,107 @@ def write_blog(staged: Path, vectors: np.ndarray, meta: dict[str, Any], *, dst: 
     # No dataset_info: datasets infers the float columns from the CSV itself.
     readme = render_card(meta, data_files="embeddings.csv", features=None, num_bytes=0, dst=dst)
     (staged / "README.md").write_text(readme, encoding="utf-8")
+
+
+# Rows are buffered to about this size before a write: one write is one parquet row group, and
+# many tiny row groups make the files slow to read.
+ROW_GROUP_BYTES = 64 << 20
+
+
+def output_features(
+    features: datasets.Features, dimension: int, extra_columns: list[str]
+) -> tuple[datasets.Features, pa.Schema]:
+    """The source's features plus the embedding column and EXTRA_COLUMNS (strings), as
+    write_shards' table gets them, and the arrow schema that carries them for load_dataset."""
+    import pyarrow as pa
+    from datasets import Features
+
+    added = [config.EMBEDDING_COLUMN, *extra_columns]
+    clashes = [c for c in added if c in features]
+    if clashes:
+        log.warning("the source already has %s: replaced by this build's", ", ".join(map(repr, clashes)))
+    kept = Features({k: v for k, v in features.items() if k not in added})
+    schema = kept.arrow_schema.append(pa.field(config.EMBEDDING_COLUMN, pa.list_(pa.float32(), dimension)))
+    for name in extra_columns:
+        schema = schema.append(pa.field(name, pa.string()))
+    out = Features.from_arrow_schema(schema)
+    return out, out.arrow_schema
+
+
+class ShardWriter:
+    """Appends tables of SCHEMA to data/ under STAGED, one shard after another."""
+
+    def __init__(
+        self,
+        staged: Path,
+        split: str,
+        schema: pa.Schema,
+        *,
+        max_shard_bytes: int = MAX_SHARD_BYTES,
+        row_group_bytes: int = ROW_GROUP_BYTES,
+    ) -> None:
+        self.folder = staged / "data"
+        self.split = split
+        self.schema = schema
+        self.max_shard_bytes = max_shard_bytes
+        self.row_group_bytes = row_group_bytes
+        self.rows = 0
+        self.num_bytes = 0  # arrow bytes, as write_shards records them in the card
+        self._paths: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._shard_bytes = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        self.rows += table.num_rows
+        self.num_bytes += table.nbytes
+        self._buffer.append(table)
+        self._buffered += table.nbytes
+        if self._buffered >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self.folder.mkdir(exist_ok=True)
+            path = self.folder / f".{self.split}-{len(self._paths):05d}.parquet"
+            self._paths.append(path)
+            self._writer = pq.ParquetWriter(path, self.schema, **parquet_options(self.schema))
+        self._writer.write_table(pa.concat_tables(self._buffer))
+        self._shard_bytes += self._buffered
+        self._buffer, self._buffered = [], 0
+        if self._shard_bytes >= self.max_shard_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer, self._shard_bytes = None, 0
+
+    def close(self) -> list[Path]:
+        """Finish the last shard and give every shard its final name; return them in order."""
+        import pyarrow.parquet as pq
+
+        self._flush()
+        self._close_shard()
+        if not self._paths:  # no rows: one empty shard, as write_shards writes
+            self.folder.mkdir(exist_ok=True)
+            self._paths.append(self.folder / f".{self.split}-00000.parquet")
+            pq.write_table(self.schema.empty_table(), self._paths[0], **parquet_options(self.schema))
+        n = len(self._paths)
+        final = [self.folder / f"{self.split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+        for temp, path in zip(self._paths, final, strict=True):
+            temp.rename(path)
+        return final
+
+    def abort(self) -> None:
+        """Close the open file (the staging folder is discarded by the caller)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

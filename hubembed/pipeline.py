@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import config, refresh
 from .batching import embed_all
-from .card import read_metadata
+from .card import read_metadata, render_card
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .errors import TimeBudgetExceeded, UsageError
 from .models import load_model, pick_devices, resolve_model
@@ -110,9 +111,24 @@ def build(
     sink.preflight()
     previous = read_metadata(sink.existing_card() or "")
 
-    ds, source = open_source(src, revision=revision, config_name=config_name, split=split, token=token)
-    source.column = choose_column(ds, column)
-    ds, skipped = check_texts(ds, source.column, skip_empty=skip_empty)
+    skipped: int | None
+    if engine == "ray":
+        from .ray_engine import open_ray_source
+
+        ray_source = open_ray_source(
+            src, revision=revision, config_name=config_name, split=split, token=token
+        )
+        source = ray_source.info
+        source.column = choose_column(ray_source.features, column)
+        # Rows are checked as they stream. The same source has the same blank rows: the previous
+        # count holds if they may be skipped, and otherwise the build refuses them.
+        skipped = previous.get("skipped_rows", 0)
+        if skipped and not skip_empty:
+            skipped = None
+    else:
+        ds, source = open_source(src, revision=revision, config_name=config_name, split=split, token=token)
+        source.column = choose_column(ds.features, column)
+        ds, skipped = check_texts(ds, source.column, skip_empty=skip_empty)
 
     settings = EmbedSettings(prompt_name, prompt, truncate_dim, normalize)
     # `make` builds the embedder only once something needs embedding (and on each Ray actor).
@@ -155,12 +171,10 @@ def build(
         log.info("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
         return BuildResult(sink.ref, sink.ref, previous["rows"], previous["dimension"], 0, True, previous)
 
-    texts: list[str] = ds.data.column(source.column).to_pylist()
-    hashes = refresh.text_hashes(texts)
-    cache = refresh.VectorCache()
     checkpoint = refresh.Checkpoint(
         f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key
     )
+    cache = refresh.VectorCache()
     if force:
         checkpoint.clear()
     else:
@@ -168,30 +182,61 @@ def build(
         resumed = checkpoint.load_into(cache)
         if resumed:
             log.info("resuming: %d vectors saved by an interrupted build", resumed)
-
-    todo_hashes, todo_texts = _missing(hashes, texts, cache)
     query_meta = {k: previous.get(k) for k in ("query_prompt_name", "query_prompt")} if same_settings else {}
-    if todo_texts:
+    message = f"hubembed: embed {source.id} ({source.split}/{source.column}) with {meta['model']}"
+    if engine == "ray":
+        from .ray_engine import RayOutput, embed_to_shards
 
-        def save(start: int, vectors: np.ndarray) -> None:
-            checkpoint.save(todo_hashes[start : start + len(vectors)], vectors)
+        out = RayOutput(0, 0, 0, 0, True, None, 0)
 
-        try:
-            if engine == "ray":
-                from .ray_engine import embed_with_ray
-
-                fresh = embed_with_ray(
-                    make,
-                    todo_texts,
+        def stream(staged: Path) -> None:
+            nonlocal out, query_meta
+            try:
+                out = embed_to_shards(
+                    ray_source,
+                    staged,
+                    make=make,
+                    reuse=cache.take_table(),
+                    checkpoint=checkpoint,
+                    skip_empty=skip_empty,
                     batch_size=batch_size,
                     workers=workers,
                     gpus_per_worker=gpus_per_worker,
                     address=ray_address,
                     progress=progress,
-                    on_batch=save,
+                    gather=layout == "blog",
                 )
+            finally:
+                checkpoint.close()
+            if out.embedded:
                 query_meta = {"query_prompt_name": None, "query_prompt": None}  # the loader derives them
+            _describe(
+                meta, query_meta, source, layout, engine, out.rows, out.dimension, out.normalized, out.skipped
+            )
+            if out.vectors is not None:
+                write_blog(staged, out.vectors, meta, dst=sink.ref)
             else:
+                card = render_card(
+                    meta,
+                    data_files=f"data/{source.split}-*",
+                    features=out.features,
+                    num_bytes=out.num_bytes,
+                    dst=sink.ref,
+                )
+                (staged / "README.md").write_text(card, encoding="utf-8")
+
+        location = _publish(sink, message, stream)
+        rows, embedded = out.rows, out.embedded
+    else:
+        texts: list[str] = ds.data.column(source.column).to_pylist()
+        hashes = refresh.text_hashes(texts)
+        todo_hashes, todo_texts = _missing(hashes, texts, cache)
+        if todo_texts:
+
+            def save(start: int, vectors: np.ndarray) -> None:
+                checkpoint.save(todo_hashes[start : start + len(vectors)], vectors)
+
+            try:
                 embedder, query_meta = make()
                 try:
                     fresh = embed_all(
@@ -205,20 +250,61 @@ def build(
                     )
                 finally:
                     embedder.close()  # worker processes of a multi-device pool
-        except TimeBudgetExceeded as exc:
-            raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
-        finally:
-            checkpoint.close()
-        cache.add(todo_hashes, fresh)
-    log.info("embedded %d texts, reused %d", len(todo_texts), len(texts) - len(todo_texts))
+            except TimeBudgetExceeded as exc:
+                raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
+            finally:
+                checkpoint.close()
+            cache.add(todo_hashes, fresh)
+        vectors = np.stack([cache.get(h) for h in hashes]) if hashes else np.empty((0, 0), np.float32)
+        normalized = bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
+        _describe(
+            meta, query_meta, source, layout, engine, len(texts), int(vectors.shape[1]), normalized, skipped
+        )
 
-    vectors = np.stack([cache.get(h) for h in hashes]) if hashes else np.empty((0, 0), np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
+        def write(staged: Path) -> None:
+            if layout == "blog":
+                write_blog(staged, vectors, meta, dst=sink.ref)
+            else:
+                extra = {refresh.HASH_COLUMN: hashes}
+                write_shards(staged, ds, vectors, meta, dst=sink.ref, extra_columns=extra)
+
+        location = _publish(sink, message, write)
+        rows, embedded = len(texts), len(todo_texts)
+    checkpoint.clear()
+    checkpoint.prune_stale()
+    log.info("embedded %d texts, reused %d", embedded, rows - embedded)
+    log.info("wrote %d rows of %d-d embeddings to %s", rows, meta["dimension"], sink.ref)
+    return BuildResult(sink.ref, location, rows, meta["dimension"], embedded, False, meta)
+
+
+def _publish(sink: Sink, message: str, write: Callable[[Path], None]) -> str:
+    """Stage the build with WRITE, then publish it in one step; DST stays as it was on any failure."""
+    staged = sink.staging()
+    try:
+        write(staged)
+        return sink.publish(staged, message)
+    except BaseException:
+        sink.discard(staged)
+        raise
+
+
+def _describe(
+    meta: dict[str, Any],
+    query_meta: dict[str, Any],
+    source: SourceInfo,
+    layout: str,
+    engine: str,
+    rows: int,
+    dimension: int,
+    normalized: bool,
+    skipped: int | None,
+) -> None:
+    """Complete META, the card's record, with what the embedding found."""
     meta.update(
         query_meta,
-        normalized=bool(np.allclose(norms, 1.0, atol=1e-3)),
-        dimension=int(vectors.shape[1]),
-        rows=len(texts),
+        normalized=normalized,
+        dimension=dimension,
+        rows=rows,
         skipped_rows=skipped,
         source=source.to_dict(),
         layout=layout,
@@ -228,21 +314,6 @@ def build(
         hubembed_version=_version(),
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    staged = sink.staging()
-    try:
-        if layout == "blog":
-            write_blog(staged, vectors, meta, dst=sink.ref)
-        else:
-            write_shards(staged, ds, vectors, meta, dst=sink.ref, extra_columns={refresh.HASH_COLUMN: hashes})
-        message = f"hubembed: embed {source.id} ({source.split}/{source.column}) with {meta['model']}"
-        location = sink.publish(staged, message)
-    except BaseException:
-        sink.discard(staged)
-        raise
-    checkpoint.clear()
-    checkpoint.prune_stale()
-    log.info("wrote %d rows of %d-d embeddings to %s", len(texts), meta["dimension"], sink.ref)
-    return BuildResult(sink.ref, location, len(texts), meta["dimension"], len(todo_texts), False, meta)
 
 
 def _same_source(previous: dict[str, Any], source: SourceInfo) -> bool:

@@ -31,6 +31,16 @@ def text_hashes(texts: list[str]) -> list[str]:
     return [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
 
 
+def digest_array(hashes: list[str]) -> np.ndarray:
+    """Hex digests as a sortable S32 array (the checkpoints' and VectorTable's form)."""
+    return np.array([bytes.fromhex(h) for h in hashes], dtype="S32")
+
+
+def digest_hex(digest: bytes) -> str:
+    # numpy drops trailing NUL bytes from an S32 item; put them back.
+    return digest.ljust(32, b"\0").hex()
+
+
 def fingerprint(meta: dict[str, Any]) -> str:
     """A stable id of the embedding settings in META (a card's metadata)."""
     data = {k: meta.get(k) for k in FINGERPRINT_KEYS}
@@ -61,6 +71,37 @@ class VectorCache:
     def get(self, key: str) -> np.ndarray:
         block, row = self._index[key]
         return self._blocks[block][row]
+
+    def take_table(self) -> VectorTable | None:
+        """Move the vectors into two sorted arrays, cheap to ship to other processes (Ray
+        actors); the cache is left empty, so the driver does not hold them twice."""
+        if not self._index:
+            return None
+        digests = digest_array(list(self._index))
+        order = np.argsort(digests, kind="stable")
+        locations = np.array(list(self._index.values()), dtype=np.int64)[order]
+        vectors = np.empty((len(locations), self._blocks[0].shape[1]), dtype=np.float32)
+        for b, block in enumerate(self._blocks):
+            mine = np.flatnonzero(locations[:, 0] == b)
+            vectors[mine] = block[locations[mine, 1]]
+        self._index, self._blocks = {}, []
+        return VectorTable(digests[order], vectors)
+
+
+class VectorTable:
+    """text digest -> vector as sorted arrays: no per-entry Python objects, read in place from
+    Ray's object store by every actor on a node."""
+
+    def __init__(self, digests: np.ndarray, vectors: np.ndarray) -> None:
+        self.digests = digests
+        self.vectors = vectors
+
+    def find(self, digests: np.ndarray) -> np.ndarray:
+        """The row of each of DIGESTS (S32), or -1 where there is none."""
+        if not len(self.digests):
+            return np.full(len(digests), -1, dtype=np.int64)
+        rows = np.searchsorted(self.digests, digests).clip(max=len(self.digests) - 1)
+        return np.where(self.digests[rows] == digests, rows, -1)
 
 
 class Checkpoint:
@@ -94,14 +135,14 @@ class Checkpoint:
             except (OSError, ValueError):  # a damaged file is only lost work
                 log.debug("ignoring unreadable checkpoint %s", f)
                 continue
-            cache.add([d.hex() for d in records["digest"]], np.array(records["vector"]))
+            cache.add([digest_hex(d) for d in records["digest"]], np.array(records["vector"]))
             found += len(records)
         return found
 
     def save(self, hashes: list[str], vectors: np.ndarray) -> None:
         """Append one finished batch, in a single write."""
         records = np.empty(len(hashes), dtype=self._dtype(vectors.shape[1]))
-        records["digest"] = [bytes.fromhex(h) for h in hashes]
+        records["digest"] = digest_array(hashes)
         records["vector"] = vectors
         if self._fd is None:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,8 @@ from .errors import ColumnError, InvalidTextError, SourceError
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
+    import pyarrow as pa
 
 log = logging.getLogger("hubembed")
 
@@ -35,6 +39,20 @@ class SourceInfo:
         return asdict(self)
 
 
+@dataclass
+class ResolvedSource:
+    """The files open_source reads for SRC, found without reading them.
+
+    The Ray engine reads these itself; ``load_source`` reads them with `datasets`.
+    """
+
+    info: SourceInfo
+    format: str  # the datasets builder: "parquet", "csv", "json", ...
+    files: list[str]  # local paths, or hf:// URLs pinned to the commit
+    features: datasets.Features | None = None  # declared by the repo's card, if any
+    builder: Any = field(default=None, repr=False)  # the Hub builder, so loading resolves nothing again
+
+
 def open_source(
     src: str,
     *,
@@ -44,25 +62,55 @@ def open_source(
     token: str | None = None,
 ) -> tuple[datasets.Dataset, SourceInfo]:
     """Open SRC as one split of a datasets.Dataset. Raises SourceError for anything the user can fix."""
+    resolved = resolve_source(src, revision=revision, config_name=config_name, split=split, token=token)
+    return load_source(resolved), resolved.info
+
+
+def resolve_source(
+    src: str,
+    *,
+    revision: str | None = None,
+    config_name: str | None = None,
+    split: str | None = None,
+    token: str | None = None,
+) -> ResolvedSource:
+    """Which files, config and split SRC means, as `datasets` resolves them; reads no rows."""
     if src.startswith(config.SAMPLE_PREFIX):
         name = src[len(config.SAMPLE_PREFIX) :]
         if name not in config.SAMPLES:
             raise SourceError(f"unknown sample {name!r}; available: {', '.join(config.SAMPLES)}")
-        return _open_local(config.sample_path(name), src, split)
+        return _resolve_local(config.sample_path(name), src, split)
     path = Path(src)
     if path.exists():
-        return _open_local(path, src, split)
+        return _resolve_local(path, src, split)
     repo_id = _hub.strip_hf_prefix(src)
     if not _hub.looks_like_repo_id(repo_id):
         raise SourceError(
             f"source {src!r} is neither an existing file or folder nor a Hub dataset id like 'user/name'"
         )
-    return _open_hub(repo_id, revision, config_name, split, token)
+    return _resolve_hub(repo_id, revision, config_name, split, token)
 
 
-def _open_local(path: Path, src: str, split: str | None) -> tuple[datasets.Dataset, SourceInfo]:
+def load_source(resolved: ResolvedSource) -> datasets.Dataset:
+    """Read RESOLVED's rows with `datasets`."""
     import datasets
 
+    if resolved.builder is not None:
+        with _hub_read_errors(resolved.info.id):
+            resolved.builder.download_and_prepare()
+            ds = resolved.builder.as_dataset(split=resolved.info.split)
+        assert isinstance(ds, datasets.Dataset)
+        return ds
+    src = resolved.info.id
+    try:
+        return datasets.load_dataset(resolved.format, data_files=resolved.files, split="train")
+    except Exception as exc:  # datasets raises many types for malformed files
+        if "corresponds to no data" in str(exc):  # a csv with a header and no rows
+            raise SourceError(f"the source dataset is empty: {src!r} has no rows to embed") from exc
+        raise SourceError(f"cannot read {src!r}: {exc}") from exc
+
+
+def _resolve_local(path: Path, src: str, split: str | None) -> ResolvedSource:
     files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS) if path.is_dir() else [path]
     if not files:
         raise SourceError(f"{src!r} holds no csv, json, jsonl or parquet files")
@@ -72,26 +120,21 @@ def _open_local(path: Path, src: str, split: str | None) -> tuple[datasets.Datas
             f"cannot read {src!r}: give csv, json/jsonl or parquet files, all of one format "
             f"(found {', '.join(sorted({p.suffix or p.name for p in files}))})"
         )
-    try:
-        ds = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
-    except Exception as exc:  # datasets raises many types for malformed files
-        if "corresponds to no data" in str(exc):  # a csv with a header and no rows
-            raise SourceError(f"the source dataset is empty: {src!r} has no rows to embed") from exc
-        raise SourceError(f"cannot read {src!r}: {exc}") from exc
     digest = hashlib.sha256()
     for p in files:
         with p.open("rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
     info = SourceInfo("local", src, "sha256:" + digest.hexdigest(), None, split or config.DEFAULT_SPLIT)
-    return ds, info
+    builder = builders.pop()
+    assert builder is not None
+    return ResolvedSource(info, builder, [str(p) for p in files])
 
 
-def _open_hub(
+def _resolve_hub(
     repo_id: str, revision: str | None, config_name: str | None, split: str | None, token: str | None
-) -> tuple[datasets.Dataset, SourceInfo]:
+) -> ResolvedSource:
     import datasets
-    from datasets.exceptions import DatasetNotFoundError
     from huggingface_hub import HfApi
 
     try:
@@ -102,12 +145,22 @@ def _open_hub(
             raise
         raise mapped from exc
     assert sha is not None
-    try:
+    with _hub_read_errors(repo_id):
         builder = datasets.load_dataset_builder(repo_id, name=config_name, revision=sha, token=token)
         if split is None:
             split = _pick_split(builder, repo_id)
-        builder.download_and_prepare()
-        ds = builder.as_dataset(split=split)
+    # An unknown split has no files; load_source then fails with datasets' own message.
+    files = list((builder.config.data_files or {}).get(split, []))
+    info = SourceInfo("hub", repo_id, sha, builder.config.name, split)
+    return ResolvedSource(info, builder.name, files, builder.info.features, builder)
+
+
+@contextmanager
+def _hub_read_errors(repo_id: str) -> Iterator[None]:
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        yield
     except DatasetNotFoundError as exc:
         # Gated datasets show their metadata to anyone; datasets finds out when it reads files.
         if "gated" in str(exc):
@@ -118,8 +171,6 @@ def _open_hub(
         raise SourceError(f"cannot read dataset {repo_id!r}: {exc}") from exc
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise SourceError(f"cannot read dataset {repo_id!r}: {exc}") from exc
-    assert isinstance(ds, datasets.Dataset)
-    return ds, SourceInfo("hub", repo_id, sha, builder.config.name, split)
 
 
 def _pick_split(builder: Any, repo_id: str) -> str:
@@ -133,40 +184,69 @@ def _pick_split(builder: Any, repo_id: str) -> str:
     raise SourceError(f"dataset {repo_id!r} has splits {', '.join(names)}: choose one with --split")
 
 
-def text_columns(ds: datasets.Dataset) -> list[str]:
+def text_columns(features: datasets.Features) -> list[str]:
     from datasets import Value
 
     return [
         name
-        for name, feature in ds.features.items()
+        for name, feature in features.items()
         if isinstance(feature, Value) and feature.dtype in ("string", "large_string")
     ]
 
 
-def choose_column(ds: datasets.Dataset, column: str | None) -> str:
+def choose_column(features: datasets.Features, column: str | None) -> str:
     """The text column to embed: COLUMN if given and valid, else the only string column."""
-    candidates = text_columns(ds)
+    candidates = text_columns(features)
+    names = list(features)
     if column is None:
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:
             raise ColumnError(
-                f"the source has no text column (columns: {', '.join(ds.column_names)}); "
+                f"the source has no text column (columns: {', '.join(names)}); "
                 "embed a dataset with a string column"
             )
         raise ColumnError(
             f"the source has several text columns: {', '.join(candidates)}; choose one with --column"
         )
-    if column not in ds.column_names:
-        raise ColumnError(
-            f"column {column!r} does not exist; available columns: {', '.join(ds.column_names)}"
-        )
+    if column not in names:
+        raise ColumnError(f"column {column!r} does not exist; available columns: {', '.join(names)}")
     if column not in candidates:
-        feature = ds.features[column]
+        feature = features[column]
         kind = getattr(feature, "dtype", type(feature).__name__)
         listed = ", ".join(candidates) or "none"
         raise ColumnError(f"column {column!r} holds {kind}, not text; text columns: {listed}")
     return column
+
+
+def bad_texts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean mask of the null or blank texts, which no model should be asked to embed."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    bad = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(texts), ""))
+    return np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def refuse_bad_texts(column: str, bad: np.ndarray) -> InvalidTextError:
+    """The error for the null or empty texts flagged in BAD (a mask over the whole source)."""
+    import numpy as np
+
+    bad_rows = np.flatnonzero(bad)
+    first = ", ".join(str(i) for i in bad_rows[:5])
+    more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
+    return InvalidTextError(
+        f"column {column!r} has {len(bad_rows)} null or empty texts (rows {first}{more}); "
+        "fix them in the source, or pass --skip-empty to leave those rows out",
+        rows=[int(i) for i in bad_rows[:5]],
+    )
+
+
+EMPTY_SOURCE = "the source dataset is empty: there is nothing to embed"
+
+
+def all_texts_bad(column: str) -> SourceError:
+    return SourceError(f"every text in column {column!r} is null or empty: there is nothing to embed")
 
 
 def check_texts(ds: datasets.Dataset, column: str, *, skip_empty: bool) -> tuple[datasets.Dataset, int]:
@@ -175,25 +255,16 @@ def check_texts(ds: datasets.Dataset, column: str, *, skip_empty: bool) -> tuple
     Returns the dataset to embed and how many rows were skipped.
     """
     import numpy as np
-    import pyarrow.compute as pc
 
-    texts = ds.data.column(column)
-    bad = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(texts), ""))
-    bad_rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False).astype(bool, copy=False))
+    bad = bad_texts(ds.data.column(column))
     if len(ds) == 0:
-        raise SourceError("the source dataset is empty: there is nothing to embed")
-    if len(bad_rows) == 0:
+        raise SourceError(EMPTY_SOURCE)
+    if not bad.any():
         return ds, 0
     if not skip_empty:
-        first = ", ".join(str(i) for i in bad_rows[:5])
-        more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
-        raise InvalidTextError(
-            f"column {column!r} has {len(bad_rows)} null or empty texts (rows {first}{more}); "
-            "fix them in the source, or pass --skip-empty to leave those rows out",
-            rows=[int(i) for i in bad_rows[:5]],
-        )
-    keep = np.setdiff1d(np.arange(len(ds)), bad_rows)
+        raise refuse_bad_texts(column, bad)
+    keep = np.flatnonzero(~bad)
     if len(keep) == 0:
-        raise SourceError(f"every text in column {column!r} is null or empty: there is nothing to embed")
-    log.warning("skipping %d rows with null or empty %r (--skip-empty)", len(bad_rows), column)
-    return ds.select(keep).flatten_indices(), len(bad_rows)
+        raise all_texts_bad(column)
+    log.warning("skipping %d rows with null or empty %r (--skip-empty)", int(bad.sum()), column)
+    return ds.select(keep).flatten_indices(), int(bad.sum())
