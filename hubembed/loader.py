@@ -108,6 +108,16 @@ class EmbeddedDataset:
             return self.dataset.with_format("arrow")[:]
         return self.dataset.data.table
 
+    def column(self, name: str) -> Any:
+        """One column as a pyarrow ChunkedArray, read alone where the rows are still on disk."""
+        if self._shards is not None and self._dataset is None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            files = self._shards[1]
+            return pa.concat_tables(pq.read_table(f, columns=[name]) for f in files).column(name)
+        return self._table.column(name)
+
     @cached_property
     def _rows(self) -> Any:
         """What a hit shows, as a pyarrow Table: the user's columns, not the vector, nor our

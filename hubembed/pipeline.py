@@ -332,7 +332,7 @@ def _reuse(previous: dict[str, Any], same_settings: bool, sink: Sink, cache: ref
     from .loader import load
 
     old = load(sink.ref, sink.revision)
-    cache.add(old.dataset.data.column(refresh.HASH_COLUMN).to_pylist(), old.embeddings.numpy())
+    cache.add(old.column(refresh.HASH_COLUMN).to_pylist(), old.embeddings.numpy())
 
 
 def _missing(hashes: list[str], texts: list[str], cache: refresh.VectorCache) -> tuple[list[str], list[str]]:

@@ -106,7 +106,8 @@ def test_search_rows_and_dataset_without_decoding_the_vectors_twice(tmp_path, so
         (42, {"text": texts[42]}),
         (7, {"text": texts[7]}),
     ]
-    assert index._dataset is None  # hits came from the text column alone
+    assert index.column("text_sha256").to_pylist()[:1] == [hashlib.sha256(texts[0].encode()).hexdigest()]
+    assert index._dataset is None  # hits and that column were read alone
     assert index.dataset["text"] == texts and index.dataset.column_names == [
         "text",
         "embedding",
