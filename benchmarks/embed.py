@@ -204,7 +204,8 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
         local, t, batch_size=128, progress=False
     )
     onnx = make_onnx_embedder(st_model, settings, threads=args.threads)
-    for bs in (64, args.chunk):
+    # 128: the chunks `hubembed build --backend onnx` hands over (4 passes of 32).
+    for bs in (64, 128, args.chunk):
         out[f"hubembed onnx, embed_all batch {bs}"] = lambda t, bs=bs: embed_all(
             onnx, t, batch_size=bs, progress=False
         )

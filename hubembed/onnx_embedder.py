@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,10 @@ log = logging.getLogger("hubembed")
 EXPORT_FORMAT = 1
 OPSET = 17
 # Texts are sorted by token count and cut into sub-batches of at most TOKEN_BUDGET tokens
-# (rows x longest) and MAX_ROWS rows: little padding, and matrices that stay in cache. Smaller
-# sub-batches measured faster per core than encode's 32 (benchmarks/README.md).
-TOKEN_BUDGET = 1024
+# (rows x longest) and MAX_ROWS rows: little padding, and matrices that stay in a core's cache.
+# Each sub-batch runs on one core, several at once (see OnnxEmbedder): measured faster than
+# one sub-batch split across the cores (benchmarks/README.md, "Embedding (CPU)").
+TOKEN_BUDGET = 512
 MAX_ROWS = 16
 
 
@@ -153,6 +155,11 @@ class OnnxEmbedder(Embedder):
 
     Honours EmbedSettings like LocalEmbedder: the prompt is prepended to each text, the
     model's own Normalize runs before Matryoshka truncation, then ``normalize`` applies.
+
+    Parallel over sub-batches, not inside them: the session runs on one thread and THREADS
+    sub-batches run at once (onnxruntime releases the GIL). Splitting each small matrix
+    product across cores costs a hand-off at every operator, and the whole run stalls
+    whenever another process holds one of its cores.
     """
 
     def __init__(self, model: SentenceTransformer, settings: EmbedSettings, *, threads: int | None = None):
@@ -189,10 +196,12 @@ class OnnxEmbedder(Embedder):
             log.info("exporting %s to ONNX (once) at %s", transformer.config._name_or_path, self.path)
             _export(transformer, self.input_names, self.path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _cpus()
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        workers = threads or _cpus()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hubembed-onnx") if workers > 1 else None
 
     def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
         if not texts:
@@ -209,14 +218,22 @@ class OnnxEmbedder(Embedder):
         ids: list[list[int]] = encoded["input_ids"]
         types = encoded.get("token_type_ids")
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        out = np.empty((len(texts), self.width), dtype=np.float32)
+        chunks = []
         start = 0
         while start < len(order):
             rows = max(1, min(MAX_ROWS, TOKEN_BUDGET // len(ids[order[start]])))
-            chunk = order[start : start + rows]
-            out[chunk] = self._run(ids, types, chunk)
+            chunks.append(order[start : start + rows])
             start += rows
+        out = np.empty((len(texts), self.width), dtype=np.float32)
+        run = self._pool.map if self._pool and len(chunks) > 1 else map
+        for chunk, vectors in zip(chunks, run(lambda c: self._run(ids, types, c), chunks), strict=True):
+            out[chunk] = vectors
         return out
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None  # later calls, if any, run one sub-batch at a time
+        if pool is not None:
+            pool.shutdown()
 
     def _run(self, ids: list[list[int]], types: list[list[int]] | None, rows: list[int]) -> np.ndarray:
         width = max(len(ids[i]) for i in rows)
@@ -262,7 +279,8 @@ def make_onnx_embedder(
 ) -> OnnxEmbedder:
     """An OnnxEmbedder for MODEL, exporting it on first use (cached under hubembed's cache dir).
 
-    THREADS defaults to the CPUs this process may use. Raises UsageError when onnxruntime is
-    missing and ModelError for a model the onnx backend cannot run.
+    THREADS (sub-batches run at once, one core each) defaults to the CPUs this process may use.
+    Raises UsageError when onnxruntime is missing and ModelError for a model the onnx backend
+    cannot run.
     """
     return OnnxEmbedder(model, settings, threads=threads)

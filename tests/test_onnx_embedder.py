@@ -58,6 +58,17 @@ def test_same_vectors_as_encode(onnx, st_model, medicare_texts):
     assert onnx.embed_batch([]).shape == (0, 384)
 
 
+def test_parallel_sub_batches_keep_input_order(st_model, medicare_texts):
+    # Mixed lengths, so texts are reordered and cut into many sub-batches run by both workers.
+    texts = [*LONG_TEXTS, *medicare_texts, "x", *medicare_texts[::-1]]
+    serial = make_onnx_embedder(st_model, EmbedSettings(), threads=1)
+    parallel = make_onnx_embedder(st_model, EmbedSettings(), threads=2)
+    expected = serial.embed_batch(texts)
+    assert np.allclose(parallel.embed_batch(texts), expected, atol=1e-6)
+    parallel.close()
+    assert np.allclose(parallel.embed_batch(texts), expected, atol=1e-6)
+
+
 def test_medicare_ranking_unchanged(onnx, medicare_texts):
     docs = onnx.embed_batch(medicare_texts)
     query = onnx.embed_batch([MEDICARE_QUERY])[0]
