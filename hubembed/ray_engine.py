@@ -66,6 +66,10 @@ def _connect(address: str | None) -> Any:
     if not ray.is_initialized():
         # RAY_ADDRESS is read by ray.init itself when ADDRESS is None.
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if not log.isEnabledFor(logging.DEBUG):
+        # Ray Data prints its plan and progress notices on the console; our own log and progress
+        # bar say what a user needs, and -v (DEBUG) brings Ray's back.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Set before any Dataset exists: each one keeps a copy of the context it was made in.
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
