@@ -245,10 +245,13 @@ def load(
         ds, shards = _load_local(path, meta, split)
     else:
         repo_id = _hub.strip_hf_prefix(repo_or_path)
-        # Pin one commit, so the card and the rows we read belong together.
         sha = _resolve_revision(repo_id, revision, token)
-        meta = read_metadata(_hub_readme(repo_id, sha, token))
-        ds, shards = _load_hub(repo_id, sha, meta, split, token)
+        # The card is fetched at REVISION itself, not at SHA, so the HF cache records where the
+        # branch pointed and a later offline load finds it; the rows are read at the card's
+        # commit, so the two belong together.
+        card, commit = _hub_readme(repo_id, revision, token)
+        meta = read_metadata(card)
+        ds, shards = _load_hub(repo_id, commit or sha, meta, split, token)
     return EmbeddedDataset(
         ds, meta, model=model, token=token, device=device, trust_remote_code=trust_remote_code, shards=shards
     )
@@ -333,14 +336,17 @@ def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> 
         raise mapped from exc
 
 
-def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
+def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> tuple[str, str | None]:
+    """The repo's card ("" if it has none) and the commit it was read at (None if unknown)."""
+    import re
+
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         path = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
     except RemoteEntryNotFoundError:
-        return ""  # the repo has no card: the blog's shape
+        return "", None  # the repo has no card: the blog's shape
     except LocalEntryNotFoundError as exc:  # the Hub out of reach, and nothing cached
         raise HubUnreachableError(
             f"cannot reach the Hub at {config.hf_endpoint()} and {repo_id!r} is not in the local cache"
@@ -350,7 +356,9 @@ def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> str:
         if mapped is None:
             raise
         raise mapped from exc
-    return Path(path).read_text(encoding="utf-8")
+    # The cache keeps each file under snapshots/<commit>/.
+    commit = Path(path).parent.name
+    return Path(path).read_text(encoding="utf-8"), commit if re.fullmatch("[0-9a-f]{40}", commit) else None
 
 
 def _load_hub(

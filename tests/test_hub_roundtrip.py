@@ -181,3 +181,28 @@ def test_search_with_the_hub_out_of_reach_says_so(tmp_path):
     result = run_cli("search", "alice/anything", "a question", env=env)
     assert result.returncode == 1, result.stderr
     assert f"cannot reach the Hub at {dead}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_loaded_repo_loads_again_offline_from_the_caches(hub, alice, source, repo_name, monkeypatch):
+    """Downloaded once, a hubembed repo loads offline: shards from the HF cache, vectors mapped."""
+    from huggingface_hub import constants
+
+    import hubembed
+    import hubembed.vectors
+
+    dst = f"alice/{repo_name}"
+    hubembed.build(source, dst, progress=False)
+    online = hubembed.load(dst)
+    want = online.embeddings.clone()
+    assert online._dataset is None  # shards, not load_dataset
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hubembed.vectors, "_decode", None)  # a second decode would fail
+    seen = len(hub.requests_log)
+    offline = hubembed.load(dst)
+    assert torch_equal(offline.embeddings, want)
+    assert offline.search(want[8], top_k=1)[0]["corpus_id"] == 8
+    assert len(hub.requests_log) == seen  # not one request
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all()) and a.shape == b.shape
