@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +28,8 @@ log = logging.getLogger("hubembed")
 
 # Rows decoded per step when filling the cache: bounded memory whatever the shard size.
 DECODE_ROWS = 2048
+# A cached matrix not loaded for this long is removed when another is written.
+UNUSED_DAYS = 30
 
 
 def matrix(table: Any, columns: list[str]) -> np.ndarray:
@@ -118,7 +121,9 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
     path = folder / f"{stem}-{fingerprint(files)}.npy"
     if path.is_file():
         try:
-            return np.load(path, mmap_mode="c")
+            loaded = np.load(path, mmap_mode="c")
+            os.utime(path)  # last used now: see _prune
+            return loaded
         except (OSError, ValueError) as exc:  # cut short by a crash or a full disk: decode again
             log.debug("ignoring unreadable vector cache %s: %s", path, exc)
     tmp = folder / f".{stem}-{os.getpid()}.tmp"
@@ -134,10 +139,18 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
     except BaseException:
         _remove(tmp)
         raise
-    for old in folder.glob(f"{stem}-*.npy"):
-        if old != path:
-            _remove(old)
+    _prune(folder, stem, keep=path)
     return np.load(path, mmap_mode="c")
+
+
+def _prune(folder: Path, stem: str, keep: Path) -> None:
+    """Remove this dataset's older entries, and any entry unused for UNUSED_DAYS (a folder since
+    deleted, a repo no longer read)."""
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for entry in folder.glob("*.npy"):
+        with contextlib.suppress(OSError):  # removed by another process meanwhile
+            if entry != keep and (entry.name.startswith(f"{stem}-") or entry.stat().st_mtime < cutoff):
+                entry.unlink()
 
 
 def _remove(path: Path) -> None:

@@ -79,9 +79,16 @@ def test_rebuilt_folder_replaces_its_cache_entry(tmp_path, source):
         again.embeddings.numpy(), np.stack([vector(t, salt="other") for t in texts])
     )
     assert len(cached_files()) == 1  # one entry per folder, not one per build
+    (first_folder,) = cached_files()
     build(src, tmp_path / "p", dimension=4)  # another folder: its own entry
     assert hubembed.load(str(tmp_path / "p")).embeddings.shape == (len(texts), 4)
     assert len(cached_files()) == 2
+    # An entry unused for a month goes when another is written; one in use stays.
+    os.utime(first_folder, (0, 0))
+    hubembed.load(str(tmp_path / "p")).embeddings  # noqa: B018  (a hit: marks it used)
+    build(src, tmp_path / "q", dimension=2)
+    hubembed.load(str(tmp_path / "q")).embeddings  # noqa: B018
+    assert len(cached_files()) == 2 and not first_folder.exists()
 
 
 def test_unwritable_cache_still_loads(tmp_path, source, monkeypatch, caplog):
