@@ -144,7 +144,11 @@ def build(
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
-        model_batch, batch_size = batch_size, batch_size * 4 * len(devices)  # chunks of 4 passes per device
+        # Chunks of 4 passes per device. The onnx backend sorts and splits each chunk itself and
+        # runs one sub-batch per core: 8 passes keep both busy (1.43x encode against 1.36x at 4,
+        # benchmarks/README.md).
+        passes = 8 if backend == "onnx" else 4
+        model_batch, batch_size = batch_size, batch_size * passes * len(devices)
         resolved = resolve_model(model, revision=model_revision, token=token)
         model_meta = {
             "model": resolved.model_id,
