@@ -199,17 +199,33 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
     out[f"encode fp32, batch {args.encode_batch}"] = lambda t: st_model.encode(
         t, batch_size=args.encode_batch
     )
-    # As `hubembed build` runs it: passes of 32 (--batch-size), chunks of 4 passes.
+    # As `hubembed build` runs it: longest first, passes of 32 (--batch-size), chunks of 4 passes.
     out["hubembed local, passes of 32, chunks of 128"] = lambda t: embed_all(
         local, t, batch_size=128, progress=False
     )
+    out["hubembed local, as build: longest first, chunks of 128"] = as_build(local, 128)
     onnx = make_onnx_embedder(st_model, settings, threads=args.threads)
-    # 128: the chunks `hubembed build --backend onnx` hands over (4 passes of 32).
     for bs in (64, 128, args.chunk):
         out[f"hubembed onnx, embed_all batch {bs}"] = lambda t, bs=bs: embed_all(
             onnx, t, batch_size=bs, progress=False
         )
+    # The chunks `hubembed build --backend onnx` hands over: 8 passes of 32.
+    out["hubembed onnx, as build: longest first, chunks of 256"] = as_build(onnx, 256)
     return out
+
+
+def as_build(embedder, chunk: int) -> Callable[[list[str]], np.ndarray]:
+    """embed_all as the pipeline calls it: the texts longest first, vectors put back in order."""
+    from hubembed.batching import embed_all
+
+    def run(texts: list[str]) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = embed_all(embedder, [texts[i] for i in order], batch_size=chunk, progress=False)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
+
+    return run
 
 
 def main() -> None:

@@ -340,15 +340,15 @@ def _reuse(previous: dict[str, Any], same_settings: bool, sink: Sink, cache: ref
 
 
 def _missing(hashes: list[str], texts: list[str], cache: refresh.VectorCache) -> tuple[list[str], list[str]]:
-    """The texts with no vector yet, each once, in source order."""
-    seen: set[str] = set()
-    todo_hashes, todo_texts = [], []
-    for h, t in zip(hashes, texts, strict=True):
-        if h not in cache and h not in seen:
-            seen.add(h)
-            todo_hashes.append(h)
-            todo_texts.append(t)
-    return todo_hashes, todo_texts
+    """The texts with no vector yet, each once, longest first.
+
+    Like encode's own sort, but over all of them rather than within one call: texts of a
+    length share a pass, so less of each pass is padding (4-6% on CPU, benchmarks/README.md).
+    Vectors are matched back by hash, so the order is free.
+    """
+    todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in cache}
+    ordered = sorted(todo.items(), key=lambda item: -len(item[1]))
+    return [h for h, _ in ordered], [t for _, t in ordered]
 
 
 def _given(made: tuple[Embedder, dict[str, Any]]) -> tuple[Embedder, dict[str, Any]]:
