@@ -177,7 +177,7 @@ def measure(
 def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]], np.ndarray]]:
     """Name -> function embedding a list of texts, for the device asked."""
     from hubembed.embedder import EmbedSettings, LocalEmbedder
-    from hubembed.pipeline import embed_all
+    from hubembed.pipeline import PASSES_PER_CHUNK, embed_all
 
     settings = EmbedSettings()
     local = LocalEmbedder(st_model, settings, batch_size=32)
@@ -203,14 +203,16 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
     out["hubembed local, passes of 32, chunks of 128"] = lambda t: embed_all(
         local, t, batch_size=128, progress=False
     )
-    out["hubembed local, as build: longest first, chunks of 128"] = as_build(local, 128)
+    out["hubembed local, as build: longest first, chunks of 128"] = as_build(
+        local, 32 * PASSES_PER_CHUNK["torch"]
+    )
     onnx = make_onnx_embedder(st_model, settings, threads=args.threads)
     for bs in (64, 128, args.chunk):
         out[f"hubembed onnx, embed_all batch {bs}"] = lambda t, bs=bs: embed_all(
             onnx, t, batch_size=bs, progress=False
         )
-    # The chunks `hubembed build --backend onnx` hands over: 8 passes of 32.
-    out["hubembed onnx, as build: longest first, chunks of 256"] = as_build(onnx, 256)
+    chunk = 32 * PASSES_PER_CHUNK["onnx"]  # what `hubembed build --backend onnx` hands over
+    out[f"hubembed onnx, as build: longest first, chunks of {chunk}"] = as_build(onnx, chunk)
     return out
 
 

@@ -33,6 +33,10 @@ log = logging.getLogger("hubembed")
 LAYOUTS = ("default", "blog")
 ENGINES = ("local", "ray")
 BACKENDS = ("torch", "onnx")
+# Forward passes handed to a local embedder per call (a checkpoint each). The onnx backend
+# splits a call into sub-batches and runs one per core, idling a core at the end of each call:
+# bigger calls keep both busy (benchmarks/README.md, "Embedding (CPU)").
+PASSES_PER_CHUNK = {"torch": 4, "onnx": 32}
 EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
 
 
@@ -144,11 +148,7 @@ def build(
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
-        # Chunks of 4 passes per device. The onnx backend sorts and splits each chunk itself and
-        # runs one sub-batch per core: 8 passes keep both busy (1.43x encode against 1.36x at 4,
-        # benchmarks/README.md).
-        passes = 8 if backend == "onnx" else 4
-        model_batch, batch_size = batch_size, batch_size * passes * len(devices)
+        model_batch, batch_size = batch_size, batch_size * PASSES_PER_CHUNK[backend] * len(devices)
         resolved = resolve_model(model, revision=model_revision, token=token)
         model_meta = {
             "model": resolved.model_id,
