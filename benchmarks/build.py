@@ -45,22 +45,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hubembed-bench-build-"))
     # The Hub server must be up, and the environment set, before huggingface_hub is imported.
-    from tests.hub_server import HubServer
+    from tests.hub_server import HubServer, use_local_hub
 
     token = "hf_bench_" + "x" * 24
     server = HubServer(work / "hub", users={token: "bench"})
-    url = server.start()
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        HF_ENDPOINT=url,
-        HF_TOKEN=token,
-        HF_HOME=str(work / "hf_home"),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HUBEMBED_CACHE=str(work / "hubembed_cache"),
-        TOKENIZERS_PARALLELISM="false",
-    )
+    use_local_hub(server.start(), work)
+    os.environ["HF_TOKEN"] = token
     try:
         run(args, work)
     finally:

@@ -72,7 +72,7 @@ class EmbeddedDataset:
 
     @property
     def _column_names(self) -> list[str]:
-        if self._shards is not None and self._dataset is None:
+        if self._shards is not None:
             import pyarrow.parquet as pq
 
             return list(pq.read_schema(self._shards[1][0]).names)
@@ -110,13 +110,16 @@ class EmbeddedDataset:
 
     def column(self, name: str) -> Any:
         """One column as a pyarrow ChunkedArray, read alone where the rows are still on disk."""
-        if self._shards is not None and self._dataset is None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        return self._columns([name]).column(name)
 
-            files = self._shards[1]
-            return pa.concat_tables(pq.read_table(f, columns=[name]) for f in files).column(name)
-        return self._table.column(name)
+    def _columns(self, names: list[str]) -> Any:
+        """NAMES as a pyarrow Table: from the shards alone where there are shards."""
+        if self._shards is None:
+            return self._table.select(names)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pa.concat_tables(pq.read_table(f, columns=names, memory_map=True) for f in self._shards[1])
 
     @cached_property
     def _rows(self) -> Any:
@@ -126,13 +129,7 @@ class EmbeddedDataset:
         shown = [c for c in self._column_names if c not in hidden]
         if self.metadata.get("layout") == "blog":
             shown = []
-        if self._shards is not None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            files = self._shards[1]
-            return pa.concat_tables(pq.read_table(f, columns=shown, memory_map=True) for f in files)
-        return self._table.select(shown)
+        return self._columns(shown)
 
     @cached_property
     def _corpus_norms(self) -> torch.Tensor | None:

@@ -42,13 +42,9 @@ def write_shards(
 
     extra = extra_columns or {}
     features, schema = output_features(ds.features, vectors.shape[1], list(extra))
-    table = ds.data.table.drop_columns([c for c in (config.EMBEDDING_COLUMN, *extra) if c in ds.column_names])
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    table = table.append_column(
-        config.EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    table = append_vectors(
+        ds.data.table, vectors, {k: pa.array(v, type=pa.string()) for k, v in extra.items()}
     )
-    for name, values in extra.items():
-        table = table.append_column(name, pa.array(values, type=pa.string()))
     # The same writer as the Ray engine's, fed a row group at a time: the same shards.
     writer = ShardWriter(staged, meta["source"]["split"], schema)
     step = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
@@ -67,6 +63,22 @@ def write_shards(
         dst=dst,
     )
     (staged / "README.md").write_text(readme, encoding="utf-8")
+
+
+def append_vectors(table: pa.Table, vectors: np.ndarray, extra_columns: dict[str, Any]) -> pa.Table:
+    """TABLE with VECTORS as the embedding column, then EXTRA_COLUMNS (name -> Arrow array);
+    columns of TABLE with those names are replaced (output_features warns about them)."""
+    import pyarrow as pa
+
+    added = [config.EMBEDDING_COLUMN, *extra_columns]
+    table = table.drop_columns([c for c in added if c in table.column_names])
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    table = table.append_column(
+        config.EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    )
+    for name, values in extra_columns.items():
+        table = table.append_column(name, values)
+    return table
 
 
 def parquet_options(schema: Any) -> dict[str, Any]:

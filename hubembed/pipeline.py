@@ -27,6 +27,7 @@ from .output import write_blog, write_shards
 from .retry import RetryPolicy
 from .sink import Sink, open_sink
 from .source import SourceInfo, check_texts, choose_column, open_source
+from .vectors import unit_length
 
 log = logging.getLogger("hubembed")
 
@@ -260,7 +261,7 @@ def build(
                 checkpoint.close()
             cache.add(todo_hashes, fresh)
         vectors = np.stack([cache.get(h) for h in hashes]) if hashes else np.empty((0, 0), np.float32)
-        normalized = bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
+        normalized = unit_length(vectors)
         _describe(
             meta, query_meta, source, layout, engine, len(texts), int(vectors.shape[1]), normalized, skipped
         )

@@ -28,7 +28,7 @@ from . import config, refresh
 from .batching import embed_all
 from .embedder import Embedder
 from .errors import SourceError, UsageError
-from .output import ShardWriter, output_features
+from .output import ShardWriter, append_vectors, output_features
 from .source import (
     EMPTY_SOURCE,
     ResolvedSource,
@@ -39,6 +39,7 @@ from .source import (
     refuse_bad_texts,
     resolve_source,
 )
+from .vectors import matrix, unit_length
 
 if TYPE_CHECKING:
     import datasets
@@ -189,17 +190,14 @@ class _EmbedActor:
             slot = {d: k for k, d in enumerate(first)}
             todo = np.flatnonzero((rows < 0) & ~bad)
             vectors[todo] = embedded[[slot[digests[i]] for i in todo]]
-        batch = batch.drop_columns(
-            [c for c in (config.EMBEDDING_COLUMN, refresh.HASH_COLUMN) if c in batch.column_names]
-        )
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        return (
-            batch.append_column(
-                config.EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-            )
-            .append_column(refresh.HASH_COLUMN, pa.array([d.hex() for d in digests], type=pa.string()))
-            .append_column(_FRESH, pa.array(fresh))
-            .append_column(_BAD, pa.array(bad))
+        return append_vectors(
+            batch,
+            vectors,
+            {
+                refresh.HASH_COLUMN: pa.array([d.hex() for d in digests], type=pa.string()),
+                _FRESH: pa.array(fresh),
+                _BAD: pa.array(bad),
+            },
         )
 
     def _dimension(self, embedded: np.ndarray | None) -> int:
@@ -291,14 +289,14 @@ def embed_to_shards(
                     block = block.filter(pa.array(~bad))
                 if not block.num_rows:
                     continue
-                vectors = _vectors(block.column(config.EMBEDDING_COLUMN))
+                vectors = matrix(block, [config.EMBEDDING_COLUMN])
                 fresh = block.column(_FRESH).to_numpy(zero_copy_only=False)
                 if fresh.any():
                     hashes = block.column(refresh.HASH_COLUMN).filter(pa.array(fresh)).to_pylist()
                     checkpoint.save(hashes, vectors[fresh])
                     out.embedded += int(fresh.sum())
                 out.dimension = vectors.shape[1]
-                out.normalized &= bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
+                out.normalized &= unit_length(vectors)
                 out.rows += block.num_rows
                 if gather:
                     gathered.append(vectors)
@@ -335,13 +333,6 @@ def _cpus_per_actor(ray: Any, workers: int) -> float:
     # Readers need a CPU too: actors that took every CPU would wait forever for their input.
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     return min(1.0, max(cpus - 1.0, 0.0) / workers)
-
-
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    """A fixed-size-list column as an (n, d) float32 array."""
-    array = column.combine_chunks()
-    width = array.type.list_size
-    return np.asarray(array.flatten().to_numpy(), dtype=np.float32).reshape(-1, width)
 
 
 def _bad_mask(dataset: Any, column: str) -> np.ndarray:

@@ -91,6 +91,11 @@ def matrix(table: Any, columns: list[str]) -> np.ndarray:
     return out
 
 
+def unit_length(vectors: np.ndarray) -> bool:
+    """Whether every row has length 1, as a card's ``normalized`` records it (to 1e-3)."""
+    return bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
+
+
 def fingerprint(files: list[Path]) -> str:
     """A short key that changes whenever one of FILES is replaced or rewritten."""
     identity = "\0".join(
@@ -111,11 +116,7 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
 
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if n == 0:
-        return (
-            matrix(pq.read_table(files[0], columns=[column]), [column])
-            if files
-            else np.empty((0, 0), np.float32)
-        )
+        return matrix(pq.read_table(files[0], columns=[column]), [column])
     folder = config.cache_dir() / "vectors"
     stem = hashlib.sha256(f"{location}\0{column}".encode()).hexdigest()[:24]
     path = folder / f"{stem}-{fingerprint(files)}.npy"
@@ -169,7 +170,7 @@ def _decode(files: list[Path], column: str) -> Iterator[np.ndarray]:
         shard = pq.ParquetFile(f, memory_map=False, pre_buffer=False, buffer_size=1 << 20)
         batches = shard.iter_batches(batch_size=DECODE_ROWS, columns=[column])
         for batch in batches:
-            yield matrix(pa.Table.from_batches([batch]), [column]).astype(np.float32, copy=False)
+            yield matrix(pa.Table.from_batches([batch]), [column])
 
 
 def _write_npy(out: BinaryIO, files: list[Path], column: str, n: int) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import HubServer
+from tests.hub_server import HubServer, use_local_hub
 
 ALICE_TOKEN = "hf_alice_" + "s3cr3t" * 4
 BOB_TOKEN = "hf_bob_" + "t0k3n" * 4
@@ -31,23 +31,7 @@ _state: dict[str, object] = {}
 def pytest_configure(config: pytest.Config) -> None:
     root = Path(tempfile.mkdtemp(prefix="hubembed-tests-"))
     server = HubServer(root / "hub", users={ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}, orgs={"team": ["alice"]})
-    url = server.start()
-    for name in (
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_OFFLINE",
-        "HF_DATASETS_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-    ):
-        os.environ.pop(name, None)
-    os.environ.update(
-        HF_ENDPOINT=url,
-        HF_HOME=str(root / "hf_home"),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HUBEMBED_CACHE=str(root / "hubembed_cache"),
-        TOKENIZERS_PARALLELISM="false",
-    )
+    use_local_hub(server.start(), root)
     _state.update(server=server, root=root)
 
 

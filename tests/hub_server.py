@@ -83,6 +83,27 @@ def parse_card(readme: bytes) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def use_local_hub(url: str, root: pathlib.Path) -> None:
+    """Point huggingface_hub, datasets and hubembed at the server at URL, with their caches under
+    ROOT, online and with no token. They read HF_ENDPOINT when imported: call this first."""
+    for name in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):
+        os.environ.pop(name, None)
+    os.environ.update(
+        HF_ENDPOINT=url,
+        HF_HOME=str(root / "hf_home"),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HUBEMBED_CACHE=str(root / "hubembed_cache"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
 class HubServer:
     """In-process fake Hub. ``users`` maps token -> user name, ``orgs`` maps org name -> member user names."""
 
