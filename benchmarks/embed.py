@@ -213,6 +213,8 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
         )
     chunk = 32 * PASSES_PER_CHUNK["onnx"]  # what `hubembed build --backend onnx` hands over
     out[f"hubembed onnx, as build: longest first, chunks of {chunk}"] = as_build(onnx, chunk)
+    int8 = make_onnx_embedder(st_model, settings, threads=args.threads, precision="int8")
+    out[f"hubembed onnx-int8, as build: longest first, chunks of {chunk}"] = as_build(int8, chunk)
     return out
 
 

@@ -62,6 +62,8 @@ def _body(meta: dict[str, Any], dst: str) -> str:
             f"hubembed {meta['hubembed_version']} ({meta['engine']} engine) on {meta['created_at']}",
         ),
     ]
+    if meta.get("precision") == "int8":
+        rows.insert(5, ("Precision", "int8 (`--backend onnx-int8`): within cosine 0.999 of fp32"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     query = "How can Medicare help me?" if "medicare" in src["id"].lower() else "your question"
     return f"""

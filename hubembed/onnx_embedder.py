@@ -162,7 +162,14 @@ class OnnxEmbedder(Embedder):
     whenever another process holds one of its cores.
     """
 
-    def __init__(self, model: SentenceTransformer, settings: EmbedSettings, *, threads: int | None = None):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        settings: EmbedSettings,
+        *,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
         try:
             import onnx  # noqa: F401  (torch.onnx.export writes the model with it)
             import onnxruntime as ort
@@ -171,6 +178,8 @@ class OnnxEmbedder(Embedder):
                 f"the onnx backend needs onnxruntime and onnx ({exc.name} is missing): "
                 "pip install 'hubembed[onnx]'"
             ) from exc
+        if precision not in ("fp32", "int8"):
+            raise UsageError(f"unknown precision {precision!r}; use fp32 or int8")
         transformer, self.pooling, pooling, self._model_normalizes = _check_stack(model)
         self.settings = settings
         checked = LocalEmbedder(model, settings)  # refuses an unknown prompt_name or a bad truncate_dim
@@ -195,11 +204,28 @@ class OnnxEmbedder(Embedder):
         if self.exported:
             log.info("exporting %s to ONNX (once) at %s", transformer.config._name_or_path, self.path)
             _export(transformer, self.input_names, self.path)
+        self.precision = precision
+        # Texts of at most this many tokens run in fp32 (int8's rounding does not average out
+        # over so few tokens); 0: none.
+        self.fp32_up_to = 0
+        fp32 = self.path
+        if precision == "int8":
+            from .onnx_int8 import FP32_UP_TO_TOKENS, int8_path, quantize
+
+            self.fp32_up_to = FP32_UP_TO_TOKENS
+            self.path = int8_path(fp32)
+            if not self.path.exists():
+                log.info("quantising the ONNX export to int8 (once) at %s", self.path)
+                lowest = quantize(model, fp32, self.path, self.input_names)
+                log.info("int8 export: lowest cosine to fp32 on the calibration texts %.5f", lowest)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.fp32_session = self.session
+        if self.path != fp32:
+            self.fp32_session = ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
         workers = threads or _cpus()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="hubembed-onnx") if workers > 1 else None
 
@@ -221,7 +247,10 @@ class OnnxEmbedder(Embedder):
         chunks = []
         start = 0
         while start < len(order):
-            rows = max(1, min(MAX_ROWS, TOKEN_BUDGET // len(ids[order[start]])))
+            longest = len(ids[order[start]])
+            rows = max(1, min(MAX_ROWS, TOKEN_BUDGET // longest))
+            if longest > self.fp32_up_to:  # a sub-batch runs in one precision: stop at the line
+                rows = min(rows, sum(1 for i in order[start : start + rows] if len(ids[i]) > self.fp32_up_to))
             chunks.append(order[start : start + rows])
             start += rows
         out = np.empty((len(texts), self.width), dtype=np.float32)
@@ -249,7 +278,8 @@ class OnnxEmbedder(Embedder):
             feed["attention_mask"][r, span] = 1
             if types is not None:
                 feed["token_type_ids"][r, span] = types[i]
-        hidden = self.session.run(None, {n: feed[n] for n in self.input_names})[0]
+        session = self.session if width > self.fp32_up_to else self.fp32_session
+        hidden = session.run(None, {n: feed[n] for n in self.input_names})[0]
         mask = feed["attention_mask"]
         if self.prompt_length:
             # Like Pooling(include_prompt=False): the prompt's tokens are attended to, not pooled.
@@ -275,12 +305,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_onnx_embedder(
-    model: SentenceTransformer, settings: EmbedSettings, *, threads: int | None = None
+    model: SentenceTransformer,
+    settings: EmbedSettings,
+    *,
+    threads: int | None = None,
+    precision: str = "fp32",
 ) -> OnnxEmbedder:
     """An OnnxEmbedder for MODEL, exporting it on first use (cached under hubembed's cache dir).
 
     THREADS (sub-batches run at once, one core each) defaults to the CPUs this process may use.
-    Raises UsageError when onnxruntime is missing and ModelError for a model the onnx backend
-    cannot run.
+    PRECISION "int8" runs the export quantised (hubembed/onnx_int8.py): faster, vectors within
+    cosine 0.999 of fp32. Raises UsageError when onnxruntime is missing and ModelError for a
+    model the onnx backend cannot run (or, for int8, one that int8 moves too far).
     """
-    return OnnxEmbedder(model, settings, threads=threads)
+    return OnnxEmbedder(model, settings, threads=threads, precision=precision)

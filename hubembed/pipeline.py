@@ -33,11 +33,11 @@ log = logging.getLogger("hubembed")
 
 LAYOUTS = ("default", "blog")
 ENGINES = ("local", "ray")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 # Forward passes handed to a local embedder per call (a checkpoint each). The onnx backend
 # splits a call into sub-batches and runs one per core, idling a core at the end of each call:
 # bigger calls keep both busy (benchmarks/README.md, "Embedding (CPU)").
-PASSES_PER_CHUNK = {"torch": 4, "onnx": 32}
+PASSES_PER_CHUNK = {"torch": 4, "onnx": 32, "onnx-int8": 32}
 EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
 
 
@@ -162,6 +162,8 @@ def build(
     meta: dict[str, Any] = {**model_meta, **settings.to_dict(), "trust_remote_code": trust_remote_code}
     if not remote and embedder_factory is None:
         meta["backend"] = backend  # not in the settings fingerprint: onnx gives torch's vectors
+        if backend == "onnx-int8":
+            meta["precision"] = "int8"  # in the fingerprint: int8 vectors are close, not the same
     settings_key = refresh.fingerprint(meta)
     same_settings = (
         bool(previous) and refresh.fingerprint(previous) == settings_key and previous.get("layout") == layout
@@ -367,11 +369,12 @@ def _local_embedder(
 ) -> tuple[Embedder, dict[str, Any]]:
     devices = pick_devices(device)
     embedder: Embedder
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from .onnx_embedder import make_onnx_embedder
 
         st_model = load_model(resolved, device="cpu", token=token, trust_remote_code=trust_remote_code)
-        embedder = make_onnx_embedder(st_model, settings)
+        precision = "int8" if backend == "onnx-int8" else "fp32"
+        embedder = make_onnx_embedder(st_model, settings, precision=precision)
     else:
         st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
         embedder = LocalEmbedder(st_model, settings, devices, batch_size=batch_size)

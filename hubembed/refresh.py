@@ -24,7 +24,16 @@ log = logging.getLogger("hubembed")
 
 HASH_COLUMN = "text_sha256"
 # Settings that change the vectors: a change in any of them means re-embedding everything.
-FINGERPRINT_KEYS = ("model", "model_revision", "prompt_name", "prompt", "truncate_dim", "normalize")
+# "precision" is absent (None) for fp32 builds, so cards written before it existed still match.
+FINGERPRINT_KEYS = (
+    "model",
+    "model_revision",
+    "prompt_name",
+    "prompt",
+    "truncate_dim",
+    "normalize",
+    "precision",
+)
 
 
 def text_hashes(texts: list[str]) -> list[str]:

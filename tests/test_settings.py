@@ -175,3 +175,24 @@ def test_onnx_backend_through_the_cli_gives_torchs_vectors(capsys, tmp_path, st_
     expected = st_model.encode(medicare_texts, normalize_embeddings=True)
     assert cosine_rows(index.embeddings.numpy(), expected).min() > 0.999
     assert [h["corpus_id"] for h in index.search("How can Medicare help me?", top_k=5)] == [8, 7, 3, 9, 10]
+
+
+def test_onnx_int8_backend_is_recorded_and_not_mixed_with_fp32(capsys, tmp_path, st_model, medicare_texts):
+    pytest.importorskip("onnxruntime")
+    dst = str(tmp_path / "o")
+    assert main(["-q", "build", "sample:medicare-faqs", dst, "--backend", "onnx-int8"]) == 0
+    index = hubembed.load(dst)
+    assert index.metadata["backend"] == "onnx-int8" and index.metadata["precision"] == "int8"
+    assert "| Precision | int8" in (tmp_path / "o" / "README.md").read_text()
+    expected = st_model.encode(medicare_texts, normalize_embeddings=True)
+    int8_vectors = index.embeddings.numpy()
+    assert cosine_rows(int8_vectors, expected).min() >= 0.999
+    assert [h["corpus_id"] for h in index.search("How can Medicare help me?", top_k=5)] == [8, 7, 3, 9, 10]
+
+    again = hubembed.build("sample:medicare-faqs", dst, backend="onnx-int8", progress=False)
+    assert again.up_to_date
+    # Switching precision re-embeds every row rather than keep int8 vectors beside fp32 ones.
+    fp32 = hubembed.build("sample:medicare-faqs", dst, backend="onnx", progress=False)
+    assert fp32.embedded == 13 and "precision" not in fp32.metadata
+    assert cosine_rows(hubembed.load(dst).embeddings.numpy(), expected).min() > 0.99999
+    assert "Precision" not in (tmp_path / "o" / "README.md").read_text()
