@@ -211,7 +211,9 @@ def _lowest_cosine(
     texts = [
         t for t, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True) if len(ids) > FP32_UP_TO_TOKENS
     ]
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
+    encoded = tokenizer(
+        texts, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np"
+    )
     feed = {n: encoded[n].astype(np.int64) for n in input_names}
     mask = encoded["attention_mask"][:, :, None].astype(np.float32)
     pooled = []
