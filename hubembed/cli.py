@@ -59,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
     b.add_argument("--config", dest="config_name", metavar="NAME", help="the configuration of SRC")
     b.add_argument("--split", help="the split of SRC (default: the only split, else train)")
-    b.add_argument("--private", action="store_true", help="create DST as a private repo")
+    b.add_argument(
+        "--private",
+        action="store_true",
+        help="create DST as a private repo (refused if DST exists and is public)",
+    )
     prompt = b.add_mutually_exclusive_group()
     prompt.add_argument("--prompt-name", help="one of the model's prompts, e.g. Retrieval-document")
     prompt.add_argument("--prompt", help="a literal prompt put before every text")

@@ -147,6 +147,13 @@ class HubSink(Sink):
             info = api.dataset_info(self.repo_id)
         except RepositoryNotFoundError:
             return
+        if self.private and not info.private:
+            # Pushing rows the user meant to keep private into a public repo cannot be undone;
+            # changing an existing repo's visibility is theirs to decide.
+            raise DestinationError(
+                f"dataset {self.repo_id} exists and is public, and --private only applies to a repo "
+                "the build creates; make it private in its settings on the Hub, or drop --private"
+            )
         self._parent = self.revision = info.sha
         self._files = [s.rfilename for s in info.siblings or []]
         if "README.md" in self._files:

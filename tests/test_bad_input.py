@@ -208,3 +208,16 @@ def test_bad_options(capsys, tmp_path, args, expected):
     out = capsys.readouterr()
     assert code == 2 and expected in out.out + out.err
     assert not (tmp_path / "o").exists()
+
+
+def test_private_build_into_an_existing_public_repo_is_refused(capsys, hub, alice, repo_name):
+    repo = f"alice/{repo_name}"
+    assert cli(capsys, "-q", "build", "sample:medicare-faqs", repo)[0] == 0
+    commits = len(hub.commits(repo))
+    code, output = cli(capsys, "build", "sample:medicare-faqs", repo, "--private", "--force")
+    assert code == 2 and f"dataset {repo} exists and is public" in output and "drop --private" in output
+    assert len(hub.commits(repo)) == commits
+    private = f"{repo}-private"
+    assert cli(capsys, "-q", "build", "sample:medicare-faqs", private, "--private")[0] == 0
+    assert cli(capsys, "-q", "build", "sample:medicare-faqs", private, "--private", "--force")[0] == 0
+    assert len(hub.commits(private)) == 3
