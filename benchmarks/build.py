@@ -1,6 +1,6 @@
 """The whole build against embedding alone: how much do reading, hashing, writing and pushing add?
 
-    python benchmarks/build.py [--texts 4000] [--kind short|paragraph] [--backend torch|onnx]
+    python benchmarks/build.py [--texts 4000] [--kind short|paragraph] [--backend torch|onnx|onnx-int8]
                                [--device cpu|cuda] [--rounds 3]
 
 Writes a seeded corpus (benchmarks/embed.py's, nothing downloaded) as a parquet file, then
@@ -38,7 +38,7 @@ def main() -> None:
     )
     parser.add_argument("--texts", type=int, default=4000)
     parser.add_argument("--kind", choices=("short", "paragraph"), default="short")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
