@@ -143,11 +143,19 @@ def build(
         model_meta = made[1]
         make = partial(_given, made)
     elif remote:
+        if backend != "torch":
+            raise UsageError(
+                f"--backend {backend} runs a local model and --remote embeds on a server: drop one of them"
+            )
         model_meta = {"model": model, "model_revision": model_revision, "model_origin": f"remote ({remote})"}
         make = partial(_remote_embedder, remote, api, model, settings, token, concurrency)
     else:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend != "torch" and device not in ("auto", "cpu"):
+            raise UsageError(
+                f"--backend {backend} runs on the CPU: drop --device {device}, or use --backend torch"
+            )
         devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
         model_batch, batch_size = batch_size, batch_size * PASSES_PER_CHUNK[backend] * len(devices)
         resolved = resolve_model(model, revision=model_revision, token=token)

@@ -198,6 +198,8 @@ def test_a_push_that_fails_after_creating_the_repo_leaves_no_repo_behind(capsys,
         (["--workers", "0"], "--workers must be at least 1 (got 0)"),
         (["--device", "cuda"], "no CUDA GPU is available here"),
         (["--truncate-dim", "999"], "--truncate-dim 999 must be between 1 and 384"),
+        (["--backend", "onnx-int8", "--device", "cuda:0"], "--backend onnx-int8 runs on the CPU"),
+        (["--backend", "onnx", "--remote", "http://127.0.0.1:9/embed"], "drop one of them"),
     ],
 )
 def test_bad_options(capsys, tmp_path, args, expected):
