@@ -222,4 +222,6 @@ def test_private_build_into_an_existing_public_repo_is_refused(capsys, hub, alic
     private = f"{repo}-private"
     assert cli(capsys, "-q", "build", "sample:medicare-faqs", private, "--private")[0] == 0
     assert cli(capsys, "-q", "build", "sample:medicare-faqs", private, "--private", "--force")[0] == 0
-    assert len(hub.commits(private)) == 3
+    from huggingface_hub import HfApi
+
+    assert HfApi().dataset_info(private).private is True
