@@ -204,7 +204,6 @@ class OnnxEmbedder(Embedder):
         if self.exported:
             log.info("exporting %s to ONNX (once) at %s", transformer.config._name_or_path, self.path)
             _export(transformer, self.input_names, self.path)
-        self.precision = precision
         # Texts of at most this many tokens run in fp32 (int8's rounding does not average out
         # over so few tokens); 0: none.
         self.fp32_up_to = 0

@@ -137,6 +137,7 @@ def _rewrite(graph: Any, maxima: dict[str, np.ndarray]) -> None:
         wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)
         smooth[x] = np.clip(act, 1e-5, None) ** ALPHA / np.clip(wmax, 1e-5, None) ** (1 - ALPHA)
 
+    prefixes = {x: f"hubembed_q{k}_" for k, x in enumerate(groups)}
     nodes: list[Any] = []
     started: set[str] = set()
     for node in g.node:
@@ -144,7 +145,7 @@ def _rewrite(graph: Any, maxima: dict[str, np.ndarray]) -> None:
         if x not in groups or node not in groups[x]:
             nodes.append(node)
             continue
-        p = f"hubembed_q{list(groups).index(x)}_"
+        p = prefixes[x]
         s = smooth[x]
         if x not in started:
             const(f"{p}smooth", (1 / s).astype(np.float32))

@@ -34,6 +34,8 @@ log = logging.getLogger("hubembed")
 LAYOUTS = ("default", "blog")
 ENGINES = ("local", "ray")
 BACKENDS = ("torch", "onnx", "onnx-int8")
+# The backends that run the model exported to ONNX on the CPU, and at which precision.
+ONNX_PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
 # Forward passes handed to a local embedder per call (a checkpoint each). The onnx backend
 # splits a call into sub-batches and runs one per core, idling a core at the end of each call:
 # bigger calls keep both busy (benchmarks/README.md, "Embedding (CPU)").
@@ -152,7 +154,7 @@ def build(
     else:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        if backend != "torch" and device not in ("auto", "cpu"):
+        if backend in ONNX_PRECISION and device not in ("auto", "cpu"):
             raise UsageError(
                 f"--backend {backend} runs on the CPU: drop --device {device}, or use --backend torch"
             )
@@ -170,7 +172,7 @@ def build(
     meta: dict[str, Any] = {**model_meta, **settings.to_dict(), "trust_remote_code": trust_remote_code}
     if not remote and embedder_factory is None:
         meta["backend"] = backend  # not in the settings fingerprint: onnx gives torch's vectors
-        if backend == "onnx-int8":
+        if ONNX_PRECISION.get(backend) == "int8":
             meta["precision"] = "int8"  # in the fingerprint: int8 vectors are close, not the same
     settings_key = refresh.fingerprint(meta)
     same_settings = (
@@ -377,12 +379,11 @@ def _local_embedder(
 ) -> tuple[Embedder, dict[str, Any]]:
     devices = pick_devices(device)
     embedder: Embedder
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_PRECISION:
         from .onnx_embedder import make_onnx_embedder
 
         st_model = load_model(resolved, device="cpu", token=token, trust_remote_code=trust_remote_code)
-        precision = "int8" if backend == "onnx-int8" else "fp32"
-        embedder = make_onnx_embedder(st_model, settings, precision=precision)
+        embedder = make_onnx_embedder(st_model, settings, precision=ONNX_PRECISION[backend])
     else:
         st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
         embedder = LocalEmbedder(st_model, settings, devices, batch_size=batch_size)

@@ -169,9 +169,10 @@ class _EmbedActor:
         rows = np.full(len(bad), -1)
         if self.reuse is not None:
             rows = self.reuse.find(np.array(digests, dtype="S32"))
+        missing = np.flatnonzero((rows < 0) & ~bad)
         # Each missing text once, at its first row.
         first: dict[bytes, int] = {}
-        for i in np.flatnonzero((rows < 0) & ~bad):
+        for i in missing:
             first.setdefault(digests[i], int(i))
         fresh = np.zeros(len(bad), dtype=bool)
         fresh[list(first.values())] = True
@@ -188,8 +189,7 @@ class _EmbedActor:
             vectors[hit] = self.reuse.vectors[rows[hit]]
         if embedded is not None:
             slot = {d: k for k, d in enumerate(first)}
-            todo = np.flatnonzero((rows < 0) & ~bad)
-            vectors[todo] = embedded[[slot[digests[i]] for i in todo]]
+            vectors[missing] = embedded[[slot[digests[i]] for i in missing]]
         return append_vectors(
             batch,
             vectors,

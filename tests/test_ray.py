@@ -167,15 +167,15 @@ def test_ray_on_a_local_parquet_folder_equals_local_resumes_and_embeds_only_edit
     stopped.save(refresh.text_hashes(texts[:10]), RecordingEmbedder(os.devnull).embed_batch(texts[:10]))
     stopped.close()
     embedder, factory = recording(tmp_path / "ray.log")
-    with read_by_ray_only():
-        first = hubembed.build(
-            str(src),
-            str(tmp_path / "ray"),
-            engine="ray",
-            batch_size=8,
-            embedder_factory=factory,
-            progress=False,
+
+    def ray_build() -> hubembed.BuildResult:
+        dst = str(tmp_path / "ray")
+        return hubembed.build(
+            str(src), dst, engine="ray", batch_size=8, embedder_factory=factory, progress=False
         )
+
+    with read_by_ray_only():
+        first = ray_build()
     assert first.embedded == 29 and sorted(embedder.embedded()) == sorted(texts[10:])
     same_build(hubembed.load(str(tmp_path / "local")), hubembed.load(str(tmp_path / "ray")))
 
@@ -186,14 +186,7 @@ def test_ray_on_a_local_parquet_folder_equals_local_resumes_and_embeds_only_edit
     (src / "b.parquet").write_bytes(parquet_bytes(edited[20:], start=20))
     (tmp_path / "ray.log").unlink()
     with read_by_ray_only(builder=False):  # the loader reads the previous build with datasets
-        again = hubembed.build(
-            str(src),
-            str(tmp_path / "ray"),
-            engine="ray",
-            batch_size=8,
-            embedder_factory=factory,
-            progress=False,
-        )
+        again = ray_build()
     assert again.embedded == 3 and sorted(embedder.embedded()) == ["edited 2", "edited 21", "edited 38"]
     index = hubembed.load(str(tmp_path / "ray"))
     assert index.dataset["text"] == edited
