@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         embedder, _ = pipeline._local_embedder(
             resolved, args.device, False, EmbedSettings(), None, args.backend, 32
         )
-        embed_all(embedder, unique, batch_size=32 * 4, progress=False)
+        embed_all(embedder, unique, batch_size=embedder.texts_per_call or 32, progress=False)
 
     counter = iter(range(10**6))
 

@@ -176,8 +176,8 @@ def measure(
 
 def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]], np.ndarray]]:
     """Name -> function embedding a list of texts, for the device asked."""
+    from hubembed.batching import embed_all
     from hubembed.embedder import EmbedSettings, LocalEmbedder
-    from hubembed.pipeline import PASSES_PER_CHUNK, embed_all
 
     settings = EmbedSettings()
     local = LocalEmbedder(st_model, settings, batch_size=32)
@@ -203,15 +203,13 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
     out["hubembed local, passes of 32, chunks of 128"] = lambda t: embed_all(
         local, t, batch_size=128, progress=False
     )
-    out["hubembed local, as build: longest first, chunks of 128"] = as_build(
-        local, 32 * PASSES_PER_CHUNK["torch"]
-    )
+    out["hubembed local, as build: longest first, chunks of 128"] = as_build(local, local.texts_per_call)
     onnx = make_onnx_embedder(st_model, settings, threads=args.threads)
     for bs in (64, 128, args.chunk):
         out[f"hubembed onnx, embed_all batch {bs}"] = lambda t, bs=bs: embed_all(
             onnx, t, batch_size=bs, progress=False
         )
-    chunk = 32 * PASSES_PER_CHUNK["onnx"]  # what `hubembed build --backend onnx` hands over
+    chunk = onnx.texts_per_call  # what `hubembed build --backend onnx` hands over
     out[f"hubembed onnx, as build: longest first, chunks of {chunk}"] = as_build(onnx, chunk)
     int8 = make_onnx_embedder(st_model, settings, threads=args.threads, precision="int8")
     out[f"hubembed onnx-int8, as build: longest first, chunks of {chunk}"] = as_build(int8, chunk)

@@ -26,9 +26,16 @@ class _Run:
     """State shared by the batches of one embed_all call."""
 
     def __init__(
-        self, embedder: Embedder, texts: list[str], batch_size: int, policy: RetryPolicy, deadline: Deadline
+        self,
+        embedder: Embedder,
+        texts: list[str],
+        batch_size: int,
+        policy: RetryPolicy,
+        deadline: Deadline,
+        notify: Callable[[float, str], None] | None = None,
     ):
         self.embedder = embedder
+        self.notify = notify
         self.texts = texts
         self.limit = batch_size  # shrinks when a server refuses batches as too large
         self.policy = policy
@@ -44,7 +51,10 @@ class _Run:
         note = f"waiting {seconds:.0f} s: {reason}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{note} (retries: {self.retries})", refresh=True)
-        log.info(note)
+        if self.notify is not None:
+            self.notify(seconds, reason)
+        else:
+            log.info(note)
 
     def span(self, start: int, end: int) -> list[tuple[int, np.ndarray]]:
         """Embed texts[start:end], splitting whenever the server says a batch is too large."""
@@ -84,17 +94,22 @@ def embed_all(
     progress: bool | None = None,
     policy: RetryPolicy | None = None,
     time_budget: float | None = None,
+    deadline: Deadline | None = None,
     on_batch: OnBatch | None = None,
+    on_wait: Callable[[float, str], None] | None = None,
 ) -> np.ndarray:
     """Embed TEXTS into one (n, d) float32 array, rows in input order, whatever the retries.
 
     Up to ``embedder.max_concurrency`` batches are in flight at once. ON_BATCH(start, vectors)
     sees every finished batch (for checkpoints), in the calling thread. Raises
-    TimeBudgetExceeded when TIME_BUDGET seconds run out; finished batches were passed on first.
+    TimeBudgetExceeded when TIME_BUDGET seconds (or DEADLINE, shared by several calls) run
+    out; finished batches were passed on first. ON_WAIT(seconds, reason) hears of each wait
+    before a retry (logged when not given).
     """
     from tqdm.auto import tqdm
 
-    run = _Run(embedder, texts, batch_size, policy or RetryPolicy(), Deadline(time_budget))
+    deadline = deadline or Deadline(time_budget)
+    run = _Run(embedder, texts, batch_size, policy or RetryPolicy(), deadline, on_wait)
     out: np.ndarray | None = None
     done = 0
 
@@ -127,7 +142,9 @@ def embed_all(
             else:
                 _concurrently(run, spans, workers, accept)
         except TimeBudgetExceeded as exc:
-            raise TimeBudgetExceeded(f"{exc}; {done} of {len(texts)} texts were embedded") from exc
+            raise TimeBudgetExceeded(
+                f"{exc}; {done} of {len(texts)} texts were embedded", reason=exc.reason
+            ) from exc
     if out is None:
         return np.empty((0, embedder.dimension or 0), dtype=np.float32)
     return out

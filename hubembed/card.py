@@ -1,18 +1,96 @@
 """The dataset card: YAML that `datasets` reads (configs, dataset_info) plus what hubembed
-records about how the vectors were made, under the `hubembed` key."""
+records about how the vectors were made, under the `hubembed` key.
+
+That record is the contract between a build and what reads it later (a refresh, the loader):
+``BuildRecord`` is its type. The loader hands it on as a plain dict (``metadata``), the same
+keys.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import datasets
 
 METADATA_KEY = "hubembed"
+# Settings that change the vectors: a change in any of them means re-embedding everything.
+# "precision" is absent (None) for fp32 builds, so cards written before it existed still match.
+FINGERPRINT_KEYS = (
+    "model",
+    "model_revision",
+    "prompt_name",
+    "prompt",
+    "truncate_dim",
+    "normalize",
+    "precision",
+)
+# Keys left out of the card when None: they were added later, and cards without them mean None.
+_OMIT_NONE = ("backend", "precision")
+
+
+@dataclass
+class BuildRecord:
+    """How an embedded dataset was made, as its card records it."""
+
+    model: str
+    model_revision: str | None = None
+    model_origin: str | None = None
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
+    normalize: bool = True
+    trust_remote_code: bool = False
+    backend: str | None = None  # the local runtime (torch, onnx, onnx-int8); None when remote
+    precision: str | None = None  # "int8", or None for fp32
+    query_prompt_name: str | None = None
+    query_prompt: str | None = None
+    normalized: bool = True  # every vector has unit length (to 1e-3)
+    dimension: int = 0
+    rows: int = 0
+    skipped_rows: int = 0
+    source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
+    layout: str = "default"
+    embedding_column: str = "embedding"
+    hash_column: str | None = None
+    engine: str = "local"
+    hubembed_version: str = ""
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in _OMIT_NONE:
+            if data[key] is None:
+                del data[key]
+        return data
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> BuildRecord | None:
+        """The record of a card's metadata; None for a card without one. Unknown keys (from a
+        newer hubembed) are ignored, missing ones take their defaults."""
+        if not meta or "model" not in meta:
+            return None
+        known = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in meta.items() if k in known})
+        record.skipped_rows = record.skipped_rows or 0
+        return record
+
+    def fingerprint(self) -> str:
+        """A stable id of the settings that change the vectors."""
+        return settings_fingerprint(asdict(self))
+
+
+def settings_fingerprint(meta: dict[str, Any]) -> str:
+    """A stable id of the embedding settings in META (a card's metadata, or a part of it)."""
+    data = {k: meta.get(k) for k in FINGERPRINT_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def render_card(
-    meta: dict[str, Any],
+    record: BuildRecord,
     *,
     data_files: str,
     features: datasets.Features | None,
@@ -28,48 +106,45 @@ def render_card(
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCardData
 
-    split = meta["source"]["split"]
+    split = record.source["split"]
     card_data = DatasetCardData()
     if features is not None:
-        splits = SplitDict({split: SplitInfo(split, num_bytes=num_bytes, num_examples=meta["rows"])})
+        splits = SplitDict({split: SplitInfo(split, num_bytes=num_bytes, num_examples=record.rows)})
         DatasetInfosDict({"default": DatasetInfo(features=features, splits=splits)}).to_dataset_card_data(
             card_data
         )
     card_data["configs"] = [{"config_name": "default", "data_files": [{"split": split, "path": data_files}]}]
     card_data["tags"] = ["embeddings", "hubembed"]
-    card_data[METADATA_KEY] = meta
-    return f"---\n{card_data.to_yaml()}\n---\n{_body(meta, dst)}"
+    card_data[METADATA_KEY] = record.to_dict()
+    return f"---\n{card_data.to_yaml()}\n---\n{_body(record, dst)}"
 
 
-def _body(meta: dict[str, Any], dst: str) -> str:
-    src = meta["source"]
-    prompt = meta.get("prompt_name") or meta.get("prompt") or "none"
+def _body(record: BuildRecord, dst: str) -> str:
+    src = record.source
+    prompt = record.prompt_name or record.prompt or "none"
+    skipped = f" ({record.skipped_rows} empty rows skipped)" if record.skipped_rows else ""
     rows = [
-        ("Model", f"`{meta['model']}` (revision `{meta.get('model_revision') or 'n/a'}`)"),
-        ("Dimension", str(meta["dimension"])),
-        ("Normalised", "yes" if meta["normalized"] else "no"),
+        ("Model", f"`{record.model}` (revision `{record.model_revision or 'n/a'}`)"),
+        ("Dimension", str(record.dimension)),
+        ("Normalised", "yes" if record.normalized else "no"),
         ("Prompt", f"`{prompt}`"),
-        ("Matryoshka truncate_dim", str(meta.get("truncate_dim") or "none")),
+        ("Matryoshka truncate_dim", str(record.truncate_dim or "none")),
         ("Source", f"`{src['id']}` @ `{src['revision']}`"),
         ("Config / split / column", f"{src['config'] or 'default'} / {src['split']} / `{src['column']}`"),
-        (
-            "Rows",
-            f"{meta['rows']}"
-            + (f" ({meta['skipped_rows']} empty rows skipped)" * bool(meta["skipped_rows"])),
-        ),
+        ("Rows", f"{record.rows}{skipped}"),
         (
             "Built with",
-            f"hubembed {meta['hubembed_version']} ({meta['engine']} engine) on {meta['created_at']}",
+            f"hubembed {record.hubembed_version} ({record.engine} engine) on {record.created_at}",
         ),
     ]
-    if meta.get("precision") == "int8":
+    if record.precision == "int8":
         rows.insert(5, ("Precision", "int8 (`--backend onnx-int8`): within cosine 0.999 of fp32"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     query = "How can Medicare help me?" if "medicare" in src["id"].lower() else "your question"
     return f"""
 # Embeddings of `{src["id"]}`
 
-Each row of `{src["id"]}` with an `{meta["embedding_column"]}` column added by
+Each row of `{src["id"]}` with an `{record.embedding_column}` column added by
 [hubembed](https://github.com/hubembed/hubembed).
 
 | | |

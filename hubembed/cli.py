@@ -139,40 +139,11 @@ def _setup_output(args: argparse.Namespace) -> bool | None:
 
 
 def _build(args: argparse.Namespace, progress: bool | None) -> int:
+    from .options import BuildOptions
     from .pipeline import build
 
-    result = build(
-        args.src,
-        args.dst,
-        column=args.column,
-        model=args.model,
-        model_revision=args.model_revision,
-        device=args.device,
-        batch_size=args.batch_size,
-        revision=args.revision,
-        config_name=args.config_name,
-        split=args.split,
-        private=args.private,
-        prompt_name=args.prompt_name,
-        prompt=args.prompt,
-        truncate_dim=args.truncate_dim,
-        normalize=args.normalize,
-        layout=args.layout,
-        trust_remote_code=args.trust_remote_code,
-        backend=args.backend,
-        skip_empty=args.skip_empty,
-        force=args.force,
-        remote=args.remote,
-        api=args.api,
-        concurrency=args.concurrency,
-        time_budget=args.time_budget,
-        request_timeout=args.request_timeout,
-        engine=args.engine,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        ray_address=args.ray_address,
-        progress=progress,
-    )
+    options = BuildOptions.create(args.src, args.dst, **{k: getattr(args, k) for k in BuildOptions.names()})
+    result = build(options, progress=progress)
     if args.quiet:
         return 0
     if result.up_to_date:

@@ -15,6 +15,10 @@ from .errors import ModelError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+# Forward passes per embed_batch call (a checkpoint each): enough for encode's length sorting to
+# pay off, few enough that a kill loses little (benchmarks/README.md, "Embedding (CPU)").
+PASSES_PER_CALL = 4
+
 
 @dataclass(frozen=True)
 class EmbedSettings:
@@ -36,6 +40,9 @@ class Embedder(ABC):
     dimension: int | None
     #: how many batches the pipeline may have in flight at once
     max_concurrency: int = 1
+    #: texts per embed_batch call, when the embedder knows better than the build's --batch-size
+    #: (a local model takes several forward passes' worth, so its length sorting spans them)
+    texts_per_call: int | None = None
 
     @abstractmethod
     def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
@@ -65,6 +72,7 @@ class LocalEmbedder(Embedder):
         self.batch_size = batch_size
         # Several devices: one copy of the model on each, fed by sentence-transformers' pool.
         self._devices = devices if devices and len(devices) > 1 else None
+        self.texts_per_call = batch_size * PASSES_PER_CALL * len(self._devices or [None])
         self._pool = model.start_multi_process_pool(self._devices) if self._devices else None
         prompts = model.prompts or {}
         if settings.prompt_name is not None and settings.prompt_name not in prompts:

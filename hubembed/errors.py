@@ -40,6 +40,10 @@ class RemoteError(HubembedError):
 class TimeBudgetExceeded(RemoteError):
     """The job ran out of its time budget; what was embedded so far is kept."""
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message  # why, without what was done (the build says that)
+
 
 class UsageError(HubembedError, ValueError):
     """Bad input from the user. Exit code 2, and the destination is left untouched."""

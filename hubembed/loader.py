@@ -71,6 +71,11 @@ class EmbeddedDataset:
             self.__dict__.pop(derived, None)
 
     @property
+    def shard_files(self) -> list[Path] | None:
+        """The parquet shards the rows are read from, for a build loaded by hubembed; else None."""
+        return list(self._shards[1]) if self._shards is not None else None
+
+    @property
     def _column_names(self) -> list[str]:
         if self._shards is not None:
             import pyarrow.parquet as pq

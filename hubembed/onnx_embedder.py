@@ -169,7 +169,11 @@ class OnnxEmbedder(Embedder):
         *,
         threads: int | None = None,
         precision: str = "fp32",
+        batch_size: int = 32,
     ):
+        # Each call is split into sub-batches, one per core, and a core idles at the end of a
+        # call: calls of 32 passes keep both busy (benchmarks/README.md, "Embedding (CPU)").
+        self.texts_per_call = batch_size * 32
         try:
             import onnx  # noqa: F401  (torch.onnx.export writes the model with it)
             import onnxruntime as ort
@@ -309,6 +313,7 @@ def make_onnx_embedder(
     *,
     threads: int | None = None,
     precision: str = "fp32",
+    batch_size: int = 32,
 ) -> OnnxEmbedder:
     """An OnnxEmbedder for MODEL, exporting it on first use (cached under hubembed's cache dir).
 
@@ -317,4 +322,4 @@ def make_onnx_embedder(
     cosine 0.999 of fp32. Raises UsageError when onnxruntime is missing and ModelError for a
     model the onnx backend cannot run (or, for int8, one that int8 moves too far).
     """
-    return OnnxEmbedder(model, settings, threads=threads, precision=precision)
+    return OnnxEmbedder(model, settings, threads=threads, precision=precision, batch_size=batch_size)

@@ -1,21 +1,22 @@
-"""Write a build's files into a staging folder: parquet shards (or the blog's CSV) and the card.
+"""Write a build's files into a staging folder as its blocks arrive: parquet shards (or the
+blog's CSV), then the card.
 
-Both engines write shards through ShardWriter: the local engine a whole table, the Ray engine
-rows as they stream in. Neither knows the number of shards up front, so a shard is closed once
-it passes MAX_SHARD_BYTES, and the shards are named ``{split}-{i:05d}-of-{n:05d}.parquet`` at
-the end.
+The number of shards is not known up front, so a shard is closed once it passes
+MAX_SHARD_BYTES, and the shards are named ``{split}-{i:05d}-of-{n:05d}.parquet`` at the end.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import config
-from .card import render_card
+from .card import BuildRecord, render_card
+from .refresh import HASH_COLUMN
 
 if TYPE_CHECKING:
     import datasets
@@ -26,43 +27,6 @@ log = logging.getLogger("hubembed")
 
 # Shards of about this many bytes, like datasets' push_to_hub.
 MAX_SHARD_BYTES = 500 << 20
-
-
-def write_shards(
-    staged: Path,
-    ds: datasets.Dataset,
-    vectors: np.ndarray,
-    meta: dict[str, Any],
-    *,
-    dst: str,
-    extra_columns: dict[str, list[str]] | None = None,
-) -> None:
-    """The source rows plus the embedding column (and EXTRA_COLUMNS) as parquet under data/."""
-    import pyarrow as pa
-
-    extra = extra_columns or {}
-    features, schema = output_features(ds.features, vectors.shape[1], list(extra))
-    table = append_vectors(
-        ds.data.table, vectors, {k: pa.array(v, type=pa.string()) for k, v in extra.items()}
-    )
-    # The same writer as the Ray engine's, fed a row group at a time: the same shards.
-    writer = ShardWriter(staged, meta["source"]["split"], schema)
-    step = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
-    try:
-        for start in range(0, table.num_rows, step):
-            writer.write(table.slice(start, step))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    readme = render_card(
-        meta,
-        data_files=f"data/{meta['source']['split']}-*",
-        features=features,
-        num_bytes=writer.num_bytes,
-        dst=dst,
-    )
-    (staged / "README.md").write_text(readme, encoding="utf-8")
 
 
 def append_vectors(table: pa.Table, vectors: np.ndarray, extra_columns: dict[str, Any]) -> pa.Table:
@@ -102,16 +66,6 @@ def parquet_options(schema: Any) -> dict[str, Any]:
         "use_dictionary": [p for p in paths if not p.startswith(vectors)],
         "compression": {p: "none" if p.startswith(vectors) else "snappy" for p in paths},
     }
-
-
-def write_blog(staged: Path, vectors: np.ndarray, meta: dict[str, Any], *, dst: str) -> None:
-    """The blog's artefact: embeddings.csv with columns "0".."d-1" and nothing else per row."""
-    import pandas as pd
-
-    pd.DataFrame(vectors).to_csv(staged / "embeddings.csv", index=False)
-    # No dataset_info: datasets infers the float columns from the CSV itself.
-    readme = render_card(meta, data_files="embeddings.csv", features=None, num_bytes=0, dst=dst)
-    (staged / "README.md").write_text(readme, encoding="utf-8")
 
 
 # Rows are buffered to about this size before a write: one write is one parquet row group, and
@@ -216,3 +170,72 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class Output(ABC):
+    """Where the loop's blocks go, in order: rows, their vectors and their text hashes."""
+
+    def __init__(self, staged: Path, features: datasets.Features, *, split: str, dst: str) -> None:
+        self.staged = staged
+        self.source_features = features
+        self.split = split
+        self.dst = dst  # how the card's snippets refer to DST
+
+    @abstractmethod
+    def write(self, table: pa.Table, vectors: np.ndarray, hashes: pa.Array) -> None:
+        """Append TABLE's rows with VECTORS and HASHES (hex strings)."""
+
+    @abstractmethod
+    def finish(self, record: BuildRecord) -> None:
+        """Close the files and write the card."""
+
+    def abort(self) -> None:  # noqa: B027 - optional hook
+        """Close open files after a failure (the staging folder is discarded by the caller)."""
+
+
+class ShardOutput(Output):
+    """The default layout: the source rows plus the embedding and hash columns, as parquet."""
+
+    _writer: ShardWriter | None = None
+    _features: datasets.Features | None = None
+
+    def write(self, table: pa.Table, vectors: np.ndarray, hashes: pa.Array) -> None:
+        if self._writer is None:
+            self._features, schema = output_features(self.source_features, vectors.shape[1], [HASH_COLUMN])
+            self._writer = ShardWriter(self.staged, self.split, schema)
+        self._writer.write(append_vectors(table, vectors, {HASH_COLUMN: hashes}))
+
+    def finish(self, record: BuildRecord) -> None:
+        assert self._writer is not None, "a build writes at least one row"
+        self._writer.close()
+        readme = render_card(
+            record,
+            data_files=f"data/{self.split}-*",
+            features=self._features,
+            num_bytes=self._writer.num_bytes,
+            dst=self.dst,
+        )
+        (self.staged / "README.md").write_text(readme, encoding="utf-8")
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+
+class BlogOutput(Output):
+    """The blog's artefact: embeddings.csv with columns "0".."d-1" and nothing else per row,
+    appended a block at a time."""
+
+    _rows = 0
+
+    def write(self, table: pa.Table, vectors: np.ndarray, hashes: pa.Array) -> None:
+        import pandas as pd
+
+        with (self.staged / "embeddings.csv").open("a", encoding="utf-8", newline="") as fh:
+            pd.DataFrame(vectors).to_csv(fh, index=False, header=not self._rows)
+        self._rows += len(vectors)
+
+    def finish(self, record: BuildRecord) -> None:
+        # No dataset_info: datasets infers the float columns from the CSV itself.
+        readme = render_card(record, data_files="embeddings.csv", features=None, num_bytes=0, dst=self.dst)
+        (self.staged / "README.md").write_text(readme, encoding="utf-8")

@@ -2,45 +2,39 @@
 
 A build is also the refresh: run again on an existing DST it does nothing when neither the
 source nor the settings changed, and otherwise embeds only the texts it has no vector for
-(from the previous build or from the checkpoints of an interrupted one).
+(from the previous build or from the checkpoints of an interrupted one). The rows stream
+through one loop (hubembed/stream.py) whichever engine embeds them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import config, refresh
-from .batching import embed_all
-from .card import read_metadata, render_card
+from . import config
+from .card import BuildRecord, read_metadata
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
-from .errors import TimeBudgetExceeded, UsageError
+from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
 from .models import load_model, pick_devices, resolve_model
-from .output import write_blog, write_shards
-from .retry import RetryPolicy
+from .options import ONNX_PRECISION, BuildOptions
+from .output import BlogOutput, ShardOutput
+from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
+from .retry import Deadline, RetryPolicy
 from .sink import Sink, open_sink
-from .source import SourceInfo, check_texts, choose_column, open_source
-from .vectors import unit_length
+from .source import choose_column, open_stream, resolve_source
+from .stream import run_stream
 
 log = logging.getLogger("hubembed")
 
-LAYOUTS = ("default", "blog")
-ENGINES = ("local", "ray")
-BACKENDS = ("torch", "onnx", "onnx-int8")
-# The backends that run the model exported to ONNX on the CPU, and at which precision.
-ONNX_PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
-# Forward passes handed to a local embedder per call (a checkpoint each). The onnx backend
-# splits a call into sub-batches and runs one per core, idling a core at the end of each call:
-# bigger calls keep both busy (benchmarks/README.md, "Embedding (CPU)").
-PASSES_PER_CHUNK = {"torch": 4, "onnx": 32, "onnx-int8": 32}
-EmbedderFactory = Callable[[EmbedSettings], tuple[Embedder, dict[str, Any]]]
+# embedder_factory(settings) -> (embedder, {"model": ..., "model_revision": ..., ...}): a
+# ready embedder instead of one hubembed makes (tests, benchmarks, custom embedders).
+EmbedderFactory = Any
+_NO_QUERY = {"query_prompt_name": None, "query_prompt": None}
 
 
 @dataclass
@@ -57,315 +51,196 @@ class BuildResult:
 
 
 def build(
-    src: str,
-    dst: str,
+    src: str | BuildOptions,
+    dst: str | None = None,
     *,
-    column: str | None = None,
-    model: str = config.DEFAULT_MODEL,
-    model_revision: str | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    revision: str | None = None,
-    config_name: str | None = None,
-    split: str | None = None,
-    private: bool = False,
-    prompt_name: str | None = None,
-    prompt: str | None = None,
-    truncate_dim: int | None = None,
-    normalize: bool = True,
-    layout: str = "default",
-    trust_remote_code: bool = False,
-    backend: str = "torch",
-    skip_empty: bool = False,
-    force: bool = False,
-    remote: str | None = None,
-    api: str | None = None,
-    concurrency: int = 4,
-    time_budget: float | None = None,
-    request_timeout: float = 120.0,
-    engine: str = "local",
-    workers: int = 2,
-    gpus_per_worker: float = 0,
-    ray_address: str | None = None,
     progress: bool | None = None,
     embedder_factory: EmbedderFactory | None = None,
+    **options: Any,
 ) -> BuildResult:
-    """Embed column COLUMN of SRC and publish the result to DST (a Hub repo id or a folder).
+    """Embed a text column of SRC and publish the result to DST (a Hub repo id or a folder).
 
-    ``remote`` embeds through an API instead of locally: "router" for the HF Inference API's
-    route for MODEL, or an endpoint URL. ``engine="ray"`` spreads the embedding over WORKERS
-    Ray actors (at RAY_ADDRESS, else on a local Ray). ``progress=None`` shows a bar only on a terminal.
+    OPTIONS are BuildOptions' fields (hubembed/options.py): ``column``, ``model``,
+    ``batch_size``, ``remote`` ("router" for the HF Inference API, or an endpoint URL),
+    ``engine="ray"`` with ``workers``, ``time_budget``, ``layout``, ``skip_empty``, ``force``...
+    Or pass a BuildOptions as SRC. ``progress=None`` shows a bar only on a terminal.
+
     Raises UsageError subclasses (exit code 2) for input the user can fix; DST is untouched
     on any failure, and an interrupted build resumes from its checkpoints when run again.
     """
-    if prompt_name and prompt:
-        raise UsageError("give either --prompt-name or --prompt, not both")
-    if layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    if batch_size is None:
-        batch_size = 32  # TEI's default max_client_batch_size; sentence-transformers' default
-    for flag, value in (("--batch-size", batch_size), ("--concurrency", concurrency), ("--workers", workers)):
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1 (got {value})")
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if engine == "ray":
-        from .ray_engine import _require_ray
+    if isinstance(src, BuildOptions):
+        opts = src
+        opts.validate()
+    else:
+        if dst is None:
+            raise TypeError("build() needs SRC and DST")
+        opts = BuildOptions.create(src, dst, **options)
+    s, e, o, g = opts.source, opts.embedding, opts.output, opts.engine
+    if g.engine == "ray":
+        from .ray_engine import require_ray
 
-        _require_ray()  # say how to install it before any work
+        require_ray()  # say how to install it before any work
     token = config.hf_token()
-    sink = open_sink(dst, token=token, private=private)
+    sink = open_sink(o.dst, token=token, private=o.private)
     sink.preflight()
-    previous = read_metadata(sink.existing_card() or "")
+    previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
 
-    skipped: int | None
-    if engine == "ray":
-        from .ray_engine import open_ray_source
-
-        ray_source = open_ray_source(
-            src, revision=revision, config_name=config_name, split=split, token=token
-        )
-        source = ray_source.info
-        source.column = choose_column(ray_source.features, column)
-        # Rows are checked as they stream. The same source has the same blank rows: the previous
-        # count holds if they may be skipped, and otherwise the build refuses them.
-        skipped = previous.get("skipped_rows", 0)
-        if skipped and not skip_empty:
-            skipped = None
-    else:
-        ds, source = open_source(src, revision=revision, config_name=config_name, split=split, token=token)
-        source.column = choose_column(ds.features, column)
-        ds, skipped = check_texts(ds, source.column, skip_empty=skip_empty)
-
-    settings = EmbedSettings(prompt_name, prompt, truncate_dim, normalize)
-    # `make` builds the embedder only once something needs embedding (and on each Ray actor).
-    make: Callable[[], tuple[Embedder, dict[str, Any]]]
-    if embedder_factory is not None:
-        made = embedder_factory(settings)
-        model_meta = made[1]
-        make = partial(_given, made)
-    elif remote:
-        if backend != "torch":
-            raise UsageError(
-                f"--backend {backend} runs a local model and --remote embeds on a server: drop one of them"
-            )
-        model_meta = {"model": model, "model_revision": model_revision, "model_origin": f"remote ({remote})"}
-        make = partial(_remote_embedder, remote, api, model, settings, token, concurrency)
-    else:
-        if backend not in BACKENDS:
-            raise UsageError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-        if backend in ONNX_PRECISION and device not in ("auto", "cpu"):
-            raise UsageError(
-                f"--backend {backend} runs on the CPU: drop --device {device}, or use --backend torch"
-            )
-        devices = pick_devices(device)  # a bad --device is an error even when nothing needs embedding
-        model_batch, batch_size = batch_size, batch_size * PASSES_PER_CHUNK[backend] * len(devices)
-        resolved = resolve_model(model, revision=model_revision, token=token)
-        model_meta = {
-            "model": resolved.model_id,
-            "model_revision": resolved.revision,
-            "model_origin": resolved.origin,
-        }
-        make = partial(
-            _local_embedder, resolved, device, trust_remote_code, settings, token, backend, model_batch
-        )
-    meta: dict[str, Any] = {**model_meta, **settings.to_dict(), "trust_remote_code": trust_remote_code}
-    if not remote and embedder_factory is None:
-        meta["backend"] = backend  # not in the settings fingerprint: onnx gives torch's vectors
-        if ONNX_PRECISION.get(backend) == "int8":
-            meta["precision"] = "int8"  # in the fingerprint: int8 vectors are close, not the same
-    settings_key = refresh.fingerprint(meta)
-    same_settings = (
-        bool(previous) and refresh.fingerprint(previous) == settings_key and previous.get("layout") == layout
+    resolved = resolve_source(
+        s.src, revision=s.revision, config_name=s.config_name, split=s.split, token=token
     )
-
+    rows = open_stream(resolved, token)
+    source = rows.info
+    source.column = choose_column(rows.features, s.column)
+    make, model_fields = _embedder(opts, token, embedder_factory)
+    record = BuildRecord(
+        **model_fields,
+        **e.settings.to_dict(),
+        trust_remote_code=e.trust_remote_code,
+        source=source.to_dict(),
+        layout=o.layout,
+        embedding_column=config.EMBEDDING_COLUMN,
+        hash_column=HASH_COLUMN if o.layout == "default" else None,
+        engine=g.engine,
+        hubembed_version=_version(),
+    )
+    settings_key = record.fingerprint()
+    same_settings = previous is not None and previous.fingerprint() == settings_key
     if (
-        same_settings
-        and not force
-        and _same_source(previous, source)
-        and previous.get("skipped_rows", 0) == skipped
+        previous is not None
+        and same_settings
+        and not o.force
+        and previous.layout == o.layout
+        and previous.source == record.source
+        # The same source has the same blank rows: skipped before, they still may be, or not.
+        and (not previous.skipped_rows or s.skip_empty)
     ):
         log.info("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
-        return BuildResult(sink.ref, sink.ref, previous["rows"], previous["dimension"], 0, True, previous)
+        return BuildResult(sink.ref, sink.ref, previous.rows, previous.dimension, 0, True, previous.to_dict())
 
-    checkpoint = refresh.Checkpoint(
-        f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key
-    )
-    cache = refresh.VectorCache()
-    if force:
+    checkpoint = Checkpoint(f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key)
+    reuse = ReuseIndex()
+    if o.force:
         checkpoint.clear()
     else:
-        _reuse(previous, same_settings, sink, cache)
-        resumed = checkpoint.load_into(cache)
+        if previous is not None and not same_settings:
+            log.info("the model or embedding settings changed: re-embedding everything")
+        elif previous is not None and previous.hash_column == HASH_COLUMN:
+            _add_previous(sink, reuse)
+        resumed = checkpoint.load_into(reuse)
         if resumed:
             log.info("resuming: %d vectors saved by an interrupted build", resumed)
-    query_meta = {k: previous.get(k) for k in ("query_prompt_name", "query_prompt")} if same_settings else {}
-    message = f"hubembed: embed {source.id} ({source.split}/{source.column}) with {meta['model']}"
-    if engine == "ray":
-        from .ray_engine import RayOutput, embed_to_shards
 
-        out = RayOutput(0, 0, 0, 0, True, None, 0)
+    engine: Engine
+    if g.engine == "ray":
+        from .ray_engine import RayEngine
 
-        def stream(staged: Path) -> None:
-            nonlocal out, query_meta
-            try:
-                out = embed_to_shards(
-                    ray_source,
-                    staged,
-                    make=make,
-                    reuse=cache.take_table(),
-                    checkpoint=checkpoint,
-                    skip_empty=skip_empty,
-                    batch_size=batch_size,
-                    workers=workers,
-                    gpus_per_worker=gpus_per_worker,
-                    address=ray_address,
-                    progress=progress,
-                    gather=layout == "blog",
-                )
-            finally:
-                checkpoint.close()
-            if out.embedded:
-                query_meta = {"query_prompt_name": None, "query_prompt": None}  # the loader derives them
-            _describe(
-                meta, query_meta, source, layout, engine, out.rows, out.dimension, out.normalized, out.skipped
-            )
-            if out.vectors is not None:
-                write_blog(staged, out.vectors, meta, dst=sink.ref)
-            else:
-                card = render_card(
-                    meta,
-                    data_files=f"data/{source.split}-*",
-                    features=out.features,
-                    num_bytes=out.num_bytes,
-                    dst=sink.ref,
-                )
-                (staged / "README.md").write_text(card, encoding="utf-8")
-
-        location = _publish(sink, message, stream)
-        rows, embedded = out.rows, out.embedded
+        engine = RayEngine(make, workers=g.workers, gpus_per_worker=g.gpus_per_worker, address=g.ray_address)
     else:
-        texts: list[str] = ds.data.column(source.column).to_pylist()
-        hashes = refresh.text_hashes(texts)
-        todo_hashes, todo_texts = _missing(hashes, texts, cache)
-        if todo_texts:
-
-            def save(start: int, vectors: np.ndarray) -> None:
-                checkpoint.save(todo_hashes[start : start + len(vectors)], vectors)
-
-            try:
-                embedder, query_meta = make()
-                try:
-                    fresh = embed_all(
-                        embedder,
-                        todo_texts,
-                        batch_size=batch_size,
-                        progress=progress,
-                        policy=RetryPolicy(request_timeout=request_timeout),
-                        time_budget=time_budget,
-                        on_batch=save,
-                    )
-                finally:
-                    embedder.close()  # worker processes of a multi-device pool
-            except TimeBudgetExceeded as exc:
-                raise TimeBudgetExceeded(f"{exc} and saved: run the same command again to continue") from exc
-            finally:
-                checkpoint.close()
-            cache.add(todo_hashes, fresh)
-        vectors = np.stack([cache.get(h) for h in hashes]) if hashes else np.empty((0, 0), np.float32)
-        normalized = unit_length(vectors)
-        _describe(
-            meta, query_meta, source, layout, engine, len(texts), int(vectors.shape[1]), normalized, skipped
-        )
-
-        def write(staged: Path) -> None:
-            if layout == "blog":
-                write_blog(staged, vectors, meta, dst=sink.ref)
-            else:
-                extra = {refresh.HASH_COLUMN: hashes}
-                write_shards(staged, ds, vectors, meta, dst=sink.ref, extra_columns=extra)
-
-        location = _publish(sink, message, write)
-        rows, embedded = len(texts), len(todo_texts)
-    checkpoint.clear()
-    checkpoint.prune_stale()
-    log.info("embedded %d texts, reused %d", embedded, rows - embedded)
-    log.info("wrote %d rows of %d-d embeddings to %s", rows, meta["dimension"], sink.ref)
-    return BuildResult(sink.ref, location, rows, meta["dimension"], embedded, False, meta)
-
-
-def _publish(sink: Sink, message: str, write: Callable[[Path], None]) -> str:
-    """Stage the build with WRITE, then publish it in one step; DST stays as it was on any failure."""
+        engine = LocalEngine(make)
+    run = EmbedRun(
+        batch_size=e.batch_size,
+        policy=RetryPolicy(request_timeout=e.request_timeout),
+        deadline=Deadline(g.time_budget),
+    )
+    message = f"hubembed: embed {source.id} ({source.split}/{source.column}) with {record.model}"
     staged = sink.staging()
     try:
-        write(staged)
-        return sink.publish(staged, message)
+        writer = BlogOutput if o.layout == "blog" else ShardOutput
+        output = writer(staged, rows.features, split=source.split, dst=sink.ref)
+        try:
+            stats = run_stream(
+                rows,
+                column=source.column,
+                engine=engine,
+                run=run,
+                reuse=reuse,
+                checkpoint=checkpoint,
+                output=output,
+                skip_empty=s.skip_empty,
+                progress=progress,
+            )
+        finally:
+            engine.close()
+        query = engine.query_meta
+        if query is None:  # nothing embedded: the model was never loaded
+            query = (
+                {"query_prompt_name": previous.query_prompt_name, "query_prompt": previous.query_prompt}
+                if previous is not None and same_settings
+                else _NO_QUERY
+            )
+        record.query_prompt_name, record.query_prompt = query["query_prompt_name"], query["query_prompt"]
+        record.normalized = stats.normalized
+        record.dimension = stats.dimension
+        record.rows = stats.rows
+        record.skipped_rows = stats.skipped
+        record.created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        output.finish(record)
+        location = sink.publish(staged, message)
     except BaseException:
         sink.discard(staged)
         raise
-
-
-def _describe(
-    meta: dict[str, Any],
-    query_meta: dict[str, Any],
-    source: SourceInfo,
-    layout: str,
-    engine: str,
-    rows: int,
-    dimension: int,
-    normalized: bool,
-    skipped: int | None,
-) -> None:
-    """Complete META, the card's record, with what the embedding found."""
-    meta.update(
-        query_meta,
-        normalized=normalized,
-        dimension=dimension,
-        rows=rows,
-        skipped_rows=skipped,
-        source=source.to_dict(),
-        layout=layout,
-        embedding_column=config.EMBEDDING_COLUMN,
-        hash_column=refresh.HASH_COLUMN if layout == "default" else None,
-        engine=engine,
-        hubembed_version=_version(),
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    checkpoint.clear()
+    checkpoint.prune_stale()
+    log.info("embedded %d texts, reused %d", stats.embedded, stats.rows - stats.embedded)
+    log.info("wrote %d rows of %d-d embeddings to %s", stats.rows, stats.dimension, sink.ref)
+    return BuildResult(
+        sink.ref, location, stats.rows, stats.dimension, stats.embedded, False, record.to_dict()
     )
 
 
-def _same_source(previous: dict[str, Any], source: SourceInfo) -> bool:
-    return previous.get("source") == source.to_dict()
+def _embedder(
+    opts: BuildOptions, token: str | None, factory: EmbedderFactory | None
+) -> tuple[MakeEmbedder, dict[str, Any]]:
+    """How to make the embedder (where it runs: here, or on each Ray actor), and the card's
+    model fields. The model is resolved here, once; the device where the model loads."""
+    e = opts.embedding
+    settings = e.settings
+    if factory is not None:
+        embedder, meta = factory(settings)
+        fields = {k: meta.get(k) for k in ("model", "model_revision", "model_origin")}
+        query = {k: meta.get(k) for k in _NO_QUERY}
+        return partial(_made, embedder, query), fields
+    if e.remote:
+        origin = f"remote ({e.remote})"
+        make = partial(_remote_embedder, e.remote, e.api, e.model, settings, token, e.concurrency)
+        return make, {"model": e.model, "model_revision": e.model_revision, "model_origin": origin}
+    resolved = resolve_model(e.model, revision=e.model_revision, token=token)
+    make = partial(
+        _local_embedder, resolved, e.device, e.trust_remote_code, settings, token, e.backend, e.batch_size
+    )
+    return make, {
+        "model": resolved.model_id,
+        "model_revision": resolved.revision,
+        "model_origin": resolved.origin,
+        "backend": e.backend,  # not in the settings fingerprint: onnx gives torch's vectors
+        "precision": e.precision,  # in the fingerprint: int8 vectors are close, not the same
+    }
 
 
-def _reuse(previous: dict[str, Any], same_settings: bool, sink: Sink, cache: refresh.VectorCache) -> None:
-    """Put the previous build's vectors in CACHE when they were made the same way."""
-    if not previous:
-        return
-    if not same_settings:
-        log.info("the model or embedding settings changed: re-embedding everything")
-        return
-    if previous.get("hash_column") != refresh.HASH_COLUMN:
-        return
+def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
+    """Make the previous build's vectors findable by text hash: its hash column is read a batch
+    at a time, its vectors stay memory-mapped in the loader's cache."""
+    import pyarrow.parquet as pq
+
     from .loader import load
 
     old = load(sink.ref, sink.revision)
-    cache.add(old.column(refresh.HASH_COLUMN).to_pylist(), old.embeddings.numpy())
+    vectors = old.embeddings.numpy()
+    files = old.shard_files
+    if files:
+        batches = (
+            b.column(0)
+            for f in files
+            for b in pq.ParquetFile(f, memory_map=True).iter_batches(columns=[HASH_COLUMN], batch_size=65_536)
+        )
+    else:
+        batches = iter(old.column(HASH_COLUMN).chunks)
+    keys = [np.frombuffer(bytes.fromhex("".join(b.to_pylist())), dtype="S32").astype("S16") for b in batches]
+    reuse.add(np.concatenate(keys) if keys else np.empty(0, "S16"), vectors)
 
 
-def _missing(hashes: list[str], texts: list[str], cache: refresh.VectorCache) -> tuple[list[str], list[str]]:
-    """The texts with no vector yet, each once, longest first.
-
-    Like encode's own sort, but over all of them rather than within one call: texts of a
-    length share a pass, so less of each pass is padding (4-6% on CPU, benchmarks/README.md).
-    Vectors are matched back by hash, so the order is free.
-    """
-    todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in cache}
-    ordered = sorted(todo.items(), key=lambda item: -len(item[1]))
-    return [h for h, _ in ordered], [t for _, t in ordered]
-
-
-def _given(made: tuple[Embedder, dict[str, Any]]) -> tuple[Embedder, dict[str, Any]]:
-    return made
+def _made(embedder: Embedder, query: dict[str, Any]) -> tuple[Embedder, dict[str, Any]]:
+    return embedder, query
 
 
 def _local_embedder(
@@ -377,14 +252,16 @@ def _local_embedder(
     backend: str = "torch",
     batch_size: int = 32,
 ) -> tuple[Embedder, dict[str, Any]]:
-    devices = pick_devices(device)
     embedder: Embedder
     if backend in ONNX_PRECISION:
         from .onnx_embedder import make_onnx_embedder
 
         st_model = load_model(resolved, device="cpu", token=token, trust_remote_code=trust_remote_code)
-        embedder = make_onnx_embedder(st_model, settings, precision=ONNX_PRECISION[backend])
+        embedder = make_onnx_embedder(
+            st_model, settings, precision=ONNX_PRECISION[backend], batch_size=batch_size
+        )
     else:
+        devices = pick_devices(device)  # here, where the model loads (on a Ray worker too)
         st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
         embedder = LocalEmbedder(st_model, settings, devices, batch_size=batch_size)
     query = query_settings(settings, st_model.prompts or {})
@@ -407,7 +284,7 @@ def _remote_embedder(
     )
     # The remote model's prompts are unknown here; the loader derives the query side from the
     # model it loads for queries.
-    return embedder, {"query_prompt_name": None, "query_prompt": None}
+    return embedder, dict(_NO_QUERY)
 
 
 def _version() -> str:

@@ -1,15 +1,15 @@
 """What a refresh may reuse: vectors keyed by a hash of their text.
 
 Two places hold such vectors: the previous build in DST (each row stores its text's hash) and
-the checkpoints of an interrupted build (batches saved as they complete). Both are read into
-one ``VectorCache``, so "embed only what changed" and "resume where it stopped" are the same
-thing: look the text up, embed only what is missing.
+the checkpoints of an interrupted build (batches saved as they complete). Both are looked up
+through one ``ReuseIndex``, so "embed only what changed" and "resume where it stopped" are the
+same thing: look the text up, embed only what is missing. The index holds only the digests; the
+vectors stay where they are, memory-mapped, and are read a block's rows at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -23,17 +23,9 @@ from . import config
 log = logging.getLogger("hubembed")
 
 HASH_COLUMN = "text_sha256"
-# Settings that change the vectors: a change in any of them means re-embedding everything.
-# "precision" is absent (None) for fp32 builds, so cards written before it existed still match.
-FINGERPRINT_KEYS = (
-    "model",
-    "model_revision",
-    "prompt_name",
-    "prompt",
-    "truncate_dim",
-    "normalize",
-    "precision",
-)
+# The index keys on the first 16 bytes of each sha256: half the memory of whole digests, and
+# still 128 bits, so two different texts are not taken for one.
+_KEY = "S16"
 
 
 def text_hashes(texts: list[str]) -> list[str]:
@@ -41,76 +33,65 @@ def text_hashes(texts: list[str]) -> list[str]:
 
 
 def digest_array(hashes: list[str]) -> np.ndarray:
-    """Hex digests as a sortable S32 array (the checkpoints' and VectorTable's form)."""
-    return np.array([bytes.fromhex(h) for h in hashes], dtype="S32")
+    """Hex digests as an S32 array (the checkpoints' form)."""
+    return np.frombuffer(bytes.fromhex("".join(hashes)), dtype="S32") if hashes else np.empty(0, "S32")
 
 
-def digest_hex(digest: bytes) -> str:
-    # numpy drops trailing NUL bytes from an S32 item; put them back.
-    return digest.ljust(32, b"\0").hex()
-
-
-def fingerprint(meta: dict[str, Any]) -> str:
-    """A stable id of the embedding settings in META (a card's metadata)."""
-    data = {k: meta.get(k) for k in FINGERPRINT_KEYS}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class VectorCache:
-    """text hash -> vector, filled from a previous build and from checkpoints."""
+class ReuseIndex:
+    """text digest -> vector, over arrays of vectors that stay where they are."""
 
     def __init__(self) -> None:
-        self._index: dict[str, tuple[int, int]] = {}
-        self._blocks: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+        self._vectors: list[Any] = []  # (n, d) arrays, np.memmap or strided views of one
+        self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self._index)
+        return sum(len(k) for k in self._keys)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._index
+    @property
+    def dimension(self) -> int | None:
+        return int(self._vectors[0].shape[1]) if self._vectors else None
 
-    def add(self, hashes: list[str], vectors: np.ndarray) -> None:
-        if not len(hashes):
+    def add(self, digests: np.ndarray, vectors: Any) -> None:
+        """DIGESTS (S32, one per row of VECTORS) can now be found."""
+        if not len(digests):
             return
-        self._blocks.append(vectors)
-        block = len(self._blocks) - 1
-        for row, h in enumerate(hashes):
-            self._index[h] = (block, row)
+        if self.dimension not in (None, vectors.shape[1]):
+            log.debug("ignoring %d saved vectors of another dimension", len(digests))
+            return
+        self._keys.append(digests.astype(_KEY))
+        self._vectors.append(vectors)
+        self._sorted = None
 
-    def get(self, key: str) -> np.ndarray:
-        block, row = self._index[key]
-        return self._blocks[block][row]
-
-    def take_table(self) -> VectorTable | None:
-        """Move the vectors into two sorted arrays, cheap to ship to other processes (Ray
-        actors); the cache is left empty, so the driver does not hold them twice."""
-        if not self._index:
-            return None
-        digests = digest_array(list(self._index))
-        order = np.argsort(digests, kind="stable")
-        locations = np.array(list(self._index.values()), dtype=np.int64)[order]
-        vectors = np.empty((len(locations), self._blocks[0].shape[1]), dtype=np.float32)
-        for b, block in enumerate(self._blocks):
-            mine = np.flatnonzero(locations[:, 0] == b)
-            vectors[mine] = block[locations[mine, 1]]
-        self._index, self._blocks = {}, []
-        return VectorTable(digests[order], vectors)
-
-
-class VectorTable:
-    """text digest -> vector as sorted arrays: no per-entry Python objects, read in place from
-    Ray's object store by every actor on a node."""
-
-    def __init__(self, digests: np.ndarray, vectors: np.ndarray) -> None:
-        self.digests = digests
-        self.vectors = vectors
+    def _index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._sorted is None:
+            keys = np.concatenate(self._keys) if self._keys else np.empty(0, _KEY)
+            order = np.argsort(keys, kind="stable")
+            starts = np.cumsum([0] + [len(k) for k in self._keys])
+            self._sorted = (keys[order], order, starts)
+        return self._sorted
 
     def find(self, digests: np.ndarray) -> np.ndarray:
-        """The row of each of DIGESTS (S32), or -1 where there is none."""
-        if not len(self.digests):
+        """For each of DIGESTS (S32): an id to ``take``, or -1 where no vector is known."""
+        keys, order, _ = self._index()
+        if not len(keys):
             return np.full(len(digests), -1, dtype=np.int64)
-        rows = np.searchsorted(self.digests, digests).clip(max=len(self.digests) - 1)
-        return np.where(self.digests[rows] == digests, rows, -1)
+        wanted = digests.astype(_KEY)
+        at = np.searchsorted(keys, wanted).clip(max=len(keys) - 1)
+        return np.where(keys[at] == wanted, order[at], -1).astype(np.int64)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of IDS (from ``find``, none -1), read from where they are kept."""
+        _, _, starts = self._index()
+        out = np.empty((len(ids), self.dimension or 0), dtype=np.float32)
+        source = np.searchsorted(starts, ids, side="right") - 1
+        for s in np.unique(source):
+            mine = np.flatnonzero(source == s)
+            rows = ids[mine] - starts[s]
+            # Sorted reads from a memory map touch each page once, in file order.
+            order = np.argsort(rows, kind="stable")
+            out[mine[order]] = self._vectors[s][rows[order]]
+        return out
 
 
 class Checkpoint:
@@ -133,25 +114,27 @@ class Checkpoint:
     def _dtype(dimension: int) -> np.dtype:
         return np.dtype([("digest", "S32"), ("vector", "<f4", (dimension,))])
 
-    def load_into(self, cache: VectorCache) -> int:
-        """Add every saved vector to CACHE; return how many were found."""
+    def load_into(self, index: ReuseIndex) -> int:
+        """Make every saved vector findable in INDEX, memory-mapped; return how many there are."""
         found = 0
         for f in sorted(self.path.glob("run-*-d*.bin")):
             try:
                 dtype = self._dtype(int(f.stem.rsplit("-d", 1)[1]))
-                raw = f.read_bytes()
-                records = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize)
+                count = f.stat().st_size // dtype.itemsize  # a partial last record is dropped
+                if not count:
+                    continue
+                records = np.memmap(f, dtype=dtype, mode="r", shape=(count,))
             except (OSError, ValueError):  # a damaged file is only lost work
                 log.debug("ignoring unreadable checkpoint %s", f)
                 continue
-            cache.add([digest_hex(d) for d in records["digest"]], np.array(records["vector"]))
-            found += len(records)
+            index.add(np.asarray(records["digest"]), records["vector"])
+            found += count
         return found
 
-    def save(self, hashes: list[str], vectors: np.ndarray) -> None:
-        """Append one finished batch, in a single write."""
-        records = np.empty(len(hashes), dtype=self._dtype(vectors.shape[1]))
-        records["digest"] = digest_array(hashes)
+    def save(self, digests: np.ndarray, vectors: np.ndarray) -> None:
+        """Append one finished batch (DIGESTS: S32, one per vector), in a single write."""
+        records = np.empty(len(digests), dtype=self._dtype(vectors.shape[1]))
+        records["digest"] = digests
         records["vector"] = vectors
         if self._fd is None:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,6 +108,117 @@ def load_source(resolved: ResolvedSource) -> datasets.Dataset:
         if "corresponds to no data" in str(exc):  # a csv with a header and no rows
             raise SourceError(f"the source dataset is empty: {src!r} has no rows to embed") from exc
         raise SourceError(f"cannot read {src!r}: {exc}") from exc
+
+
+# Rows per block of the stream: the window within which texts are deduplicated and sorted by
+# length, and the unit of reading, checkpointing and writing. Fewer for long rows, so a block
+# stays near BLOCK_BYTES whatever the texts.
+BLOCK_ROWS = 32_768
+BLOCK_BYTES = 64 << 20
+
+
+@dataclass
+class RowStream:
+    """SRC's rows as Arrow tables of at most BLOCK_ROWS rows, in order, read as they are needed.
+
+    Parquet files (local, or a Hub repo's at the pinned commit, downloaded to the HF cache
+    once) are read a row group at a time; other formats are converted by `datasets` once and
+    read from its memory-mapped Arrow file. Either way no block is held longer than it is used.
+    """
+
+    info: SourceInfo
+    features: datasets.Features
+    _blocks: Callable[[], Iterator[pa.Table]] = field(repr=False)
+    _count: Callable[[], int] = field(repr=False)
+
+    def blocks(self) -> Iterator[pa.Table]:
+        return self._blocks()
+
+    def count(self) -> int:
+        """How many rows there are (for a Hub repo, once its files are downloaded)."""
+        return self._count()
+
+
+def open_stream(resolved: ResolvedSource, token: str | None = None) -> RowStream:
+    """The rows of RESOLVED, to be read block by block."""
+    if resolved.format == "parquet" and resolved.files:
+        return _parquet_stream(resolved, token)
+    ds = load_source(resolved)
+    table = ds.data.table
+
+    def blocks() -> Iterator[pa.Table]:
+        import pyarrow as pa
+
+        step = _block_rows(table.nbytes, table.num_rows)
+        for batch in table.to_batches(max_chunksize=step):
+            yield pa.Table.from_batches([batch])
+
+    return RowStream(resolved.info, ds.features, blocks, lambda: len(ds))
+
+
+def _block_rows(nbytes: int, rows: int) -> int:
+    per_row = max(nbytes // max(rows, 1), 1)
+    return int(min(BLOCK_ROWS, max(256, BLOCK_BYTES // per_row)))
+
+
+def _parquet_stream(resolved: ResolvedSource, token: str | None) -> RowStream:
+    import pyarrow.parquet as pq
+    from datasets import Features
+
+    src = resolved.info.id
+
+    def local(name: str) -> str:
+        if not name.startswith("hf://"):
+            return name
+        from urllib.parse import unquote
+
+        from huggingface_hub import hf_hub_download
+
+        # datasets' pinned form: hf://datasets/{repo_id}@{revision}/{path in repo}
+        repo_id, _, rest = name.removeprefix(_hub.HF_PREFIX).partition("@")
+        revision, _, path_in_repo = rest.partition("/")
+        revision = unquote(revision)
+        try:
+            return hf_hub_download(repo_id, path_in_repo, repo_type="dataset", revision=revision, token=token)
+        except Exception as exc:
+            mapped = _hub.source_error(exc, repo_id, revision, token)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def open_file(name: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(local(name), memory_map=True)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise SourceError(f"cannot read {src!r}: {name.rsplit('/', 1)[-1]}: {exc}") from exc
+
+    features = resolved.features
+    if features is None:  # as datasets does: from the first file's schema
+        features = Features.from_arrow_schema(open_file(resolved.files[0]).schema_arrow)
+    schema = features.arrow_schema
+
+    def count() -> int:
+        # From the footers (a Hub repo's files are downloaded here, to the HF cache, once).
+        return sum(open_file(f).metadata.num_rows for f in resolved.files)
+
+    def blocks() -> Iterator[pa.Table]:
+        import pyarrow as pa
+
+        for name in resolved.files:
+            pf = open_file(name)
+            meta = pf.metadata
+            nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            for batch in pf.iter_batches(batch_size=_block_rows(nbytes, meta.num_rows)):
+                table = pa.Table.from_batches([batch])
+                try:
+                    yield table.select(schema.names).cast(schema)
+                except (KeyError, ValueError, pa.ArrowInvalid) as exc:
+                    raise SourceError(
+                        f"cannot read {src!r}: {name.rsplit('/', 1)[-1]} does not match the other files "
+                        f"or the features its card declares: {exc}"
+                    ) from exc
+
+    return RowStream(resolved.info, features, blocks, count)
 
 
 def _resolve_local(path: Path, src: str, split: str | None) -> ResolvedSource:
@@ -228,17 +339,14 @@ def bad_texts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def refuse_bad_texts(column: str, bad: np.ndarray) -> InvalidTextError:
-    """The error for the null or empty texts flagged in BAD (a mask over the whole source)."""
-    import numpy as np
-
-    bad_rows = np.flatnonzero(bad)
-    first = ", ".join(str(i) for i in bad_rows[:5])
-    more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
+def refuse_bad_texts(column: str, count: int, first: list[int]) -> InvalidTextError:
+    """The error for COUNT null or empty texts, the first of them at rows FIRST (0-based)."""
+    shown = ", ".join(str(i) for i in first[:5])
+    more = f" and {count - len(first[:5])} more" if count > len(first[:5]) else ""
     return InvalidTextError(
-        f"column {column!r} has {len(bad_rows)} null or empty texts (rows {first}{more}); "
+        f"column {column!r} has {count} null or empty texts (rows {shown}{more}); "
         "fix them in the source, or pass --skip-empty to leave those rows out",
-        rows=[int(i) for i in bad_rows[:5]],
+        rows=first[:5],
     )
 
 
@@ -247,24 +355,3 @@ EMPTY_SOURCE = "the source dataset is empty: there is nothing to embed"
 
 def all_texts_bad(column: str) -> SourceError:
     return SourceError(f"every text in column {column!r} is null or empty: there is nothing to embed")
-
-
-def check_texts(ds: datasets.Dataset, column: str, *, skip_empty: bool) -> tuple[datasets.Dataset, int]:
-    """Apply the null/empty-text policy: fail naming the first bad rows, or drop them with skip_empty.
-
-    Returns the dataset to embed and how many rows were skipped.
-    """
-    import numpy as np
-
-    bad = bad_texts(ds.data.column(column))
-    if len(ds) == 0:
-        raise SourceError(EMPTY_SOURCE)
-    if not bad.any():
-        return ds, 0
-    if not skip_empty:
-        raise refuse_bad_texts(column, bad)
-    keep = np.flatnonzero(~bad)
-    if len(keep) == 0:
-        raise all_texts_bad(column)
-    log.warning("skipping %d rows with null or empty %r (--skip-empty)", int(bad.sum()), column)
-    return ds.select(keep).flatten_indices(), int(bad.sum())

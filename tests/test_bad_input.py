@@ -65,7 +65,7 @@ def test_skip_empty_leaves_those_rows_out_and_says_so(capsys, tmp_path, csv_file
 
     dst = tmp_path / "out"
     code, output = cli(capsys, "build", csv_file(MIXED_JSONL, "in.jsonl"), str(dst), "--skip-empty")
-    assert code == 0 and "skipping 3 rows" in output
+    assert code == 0 and "skipped 3 rows" in output
     index = hubembed.load(str(dst))
     assert index.dataset["text"] == ["ok", "fine"]
     assert index.metadata["skipped_rows"] == 3 and index.metadata["rows"] == 2

@@ -1,0 +1,160 @@
+"""A build, described once: what to read, how to embed, where to write, and on what.
+
+The CLI and ``hubembed.build(...)`` both make a ``BuildOptions`` with ``BuildOptions.create``
+and every check of the options as given happens in ``validate``, before any work. What can
+only be known later (whether a GPU is there, whether the model has a prompt) is checked where
+it is used: the device where the model loads, the prompt by the embedder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from . import config
+from .embedder import EmbedSettings
+from .errors import UsageError
+
+LAYOUTS = ("default", "blog")
+ENGINES = ("local", "ray")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# The backends that run the model exported to ONNX on the CPU, and at which precision.
+ONNX_PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
+# auto, all, cpu, mps, cuda, cuda:N, or a comma-separated list of those (one model each).
+_DEVICE = re.compile(r"^(auto|all|cpu|mps|cuda(:\d+)?)(\s*,\s*(cpu|mps|cuda(:\d+)?))*$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    src: str
+    column: str | None = None
+    revision: str | None = None
+    config_name: str | None = None
+    split: str | None = None
+    skip_empty: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    model: str = config.DEFAULT_MODEL
+    model_revision: str | None = None
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
+    normalize: bool = True
+    trust_remote_code: bool = False
+    backend: str = "torch"
+    device: str = "auto"
+    #: texts per forward pass, or per request with ``remote``; TEI's default
+    #: max_client_batch_size and sentence-transformers' default
+    batch_size: int = 32
+    #: "router" (the HF Inference API's route for ``model``) or an endpoint URL
+    remote: str | None = None
+    api: str | None = None
+    concurrency: int = 4
+    request_timeout: float = 120.0
+
+    @property
+    def settings(self) -> EmbedSettings:
+        return EmbedSettings(self.prompt_name, self.prompt, self.truncate_dim, self.normalize)
+
+    @property
+    def precision(self) -> str | None:
+        """ "int8" for the quantised backend; None (fp32) otherwise."""
+        return "int8" if not self.remote and ONNX_PRECISION.get(self.backend) == "int8" else None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    dst: str
+    layout: str = "default"
+    private: bool = False
+    force: bool = False  # re-embed every row, reusing nothing
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    engine: str = "local"
+    workers: int = 2  # Ray actors
+    gpus_per_worker: float = 0
+    ray_address: str | None = None
+    time_budget: float | None = None  # seconds for the whole job, whichever engine
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    source: SourceSpec
+    embedding: EmbeddingSpec = field(default_factory=EmbeddingSpec)
+    output: OutputSpec = field(default_factory=lambda: OutputSpec(""))
+    engine: EngineSpec = field(default_factory=EngineSpec)
+
+    @classmethod
+    def create(cls, src: str, dst: str, **options: Any) -> BuildOptions:
+        """Options from flat keywords, each the name of one spec's field (``column``, ``model``,
+        ``batch_size``, ``layout``, ``engine``...); None means the default. Validated."""
+        specs: dict[str, dict[str, Any]] = {name: {} for name in _SPECS}
+        for key, value in options.items():
+            owner = _OWNER.get(key)
+            if owner is None:
+                raise TypeError(f"build() got an unexpected keyword argument {key!r}")
+            if value is not None:
+                specs[owner][key] = value
+        built = cls(
+            SourceSpec(src, **specs["source"]),
+            EmbeddingSpec(**specs["embedding"]),
+            OutputSpec(dst, **specs["output"]),
+            EngineSpec(**specs["engine"]),
+        )
+        built.validate()
+        return built
+
+    @staticmethod
+    def names() -> list[str]:
+        """The flat keywords ``create`` takes besides SRC and DST."""
+        return list(_OWNER)
+
+    def validate(self) -> None:
+        """Refuse options that contradict each other or cannot be right (UsageError, exit 2)."""
+        e, o, g = self.embedding, self.output, self.engine
+        if e.prompt_name and e.prompt:
+            raise UsageError("give either --prompt-name or --prompt, not both")
+        _one_of("layout", o.layout, LAYOUTS)
+        _one_of("engine", g.engine, ENGINES)
+        _one_of("backend", e.backend, BACKENDS)
+        for flag, value in (
+            ("--batch-size", e.batch_size),
+            ("--concurrency", e.concurrency),
+            ("--workers", g.workers),
+        ):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1 (got {value})")
+        if e.truncate_dim is not None and e.truncate_dim < 1:
+            raise UsageError(f"--truncate-dim must be at least 1 (got {e.truncate_dim})")
+        for flag, seconds in (("--time-budget", g.time_budget), ("--request-timeout", e.request_timeout)):
+            if seconds is not None and seconds <= 0:
+                raise UsageError(f"{flag} must be a positive number of seconds (got {seconds:g})")
+        if g.gpus_per_worker < 0:
+            raise UsageError(f"--gpus-per-worker must be 0 or more (got {g.gpus_per_worker:g})")
+        if not _DEVICE.match(e.device.strip()):
+            raise UsageError(
+                f"unknown device {e.device!r}; use auto, cpu, cuda, cuda:N, a list of them, or all"
+            )
+        if e.backend in ONNX_PRECISION:
+            if e.remote:
+                raise UsageError(
+                    f"--backend {e.backend} runs a local model and --remote embeds on a server: drop one of them"
+                )
+            if e.device not in ("auto", "cpu"):
+                raise UsageError(
+                    f"--backend {e.backend} runs on the CPU: drop --device {e.device}, or use --backend torch"
+                )
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+
+
+_SPECS = {"source": SourceSpec, "embedding": EmbeddingSpec, "output": OutputSpec, "engine": EngineSpec}
+_OWNER = {f.name: spec for spec, cls in _SPECS.items() for f in fields(cls) if f.name not in ("src", "dst")}

@@ -1,0 +1,328 @@
+"""The build's one loop, for every engine: read a block, hash it, reuse what is known, embed
+what is missing, checkpoint it, write it.
+
+Three threads share the work so that a fast embedder never waits on I/O: a reader (rows,
+text hashes, the null/empty check), this thread (reuse, embedding, checkpoints) and a writer
+(parquet or CSV). Bounded queues between them keep at most a few blocks in memory whatever
+the size of the source: nothing here holds all the rows, texts, hashes or vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .engines import EmbedRun, Engine
+from .errors import HubembedError, SourceError, TimeBudgetExceeded
+from .output import Output
+from .refresh import Checkpoint, ReuseIndex
+from .source import EMPTY_SOURCE, RowStream, all_texts_bad, bad_texts, refuse_bad_texts
+from .vectors import unit_length
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger("hubembed")
+
+# Blocks waiting between two threads: enough to ride out an uneven block, few enough to bound
+# memory at a handful of blocks.
+QUEUE_BLOCKS = 2
+_NO_DIGEST = b"\0" * 32  # the digest slot of a null or blank text, which is never looked up
+_HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
+
+
+@dataclass
+class StreamStats:
+    """What went through the loop."""
+
+    rows: int = 0  # written
+    skipped: int = 0  # null or empty texts left out (skip_empty)
+    embedded: int = 0  # texts embedded by this run
+    dimension: int = 0
+    normalized: bool = True
+
+
+@dataclass
+class _Block:
+    table: pa.Table
+    texts: pa.ChunkedArray
+    bad: np.ndarray  # null or blank texts
+    digests: np.ndarray  # S32 sha256 of each text
+
+
+def run_stream(
+    rows: RowStream,
+    *,
+    column: str,
+    engine: Engine,
+    run: EmbedRun,
+    reuse: ReuseIndex,
+    checkpoint: Checkpoint,
+    output: Output,
+    skip_empty: bool,
+    progress: bool | None = None,
+) -> StreamStats:
+    """Embed column COLUMN of ROWS into OUTPUT, reusing REUSE's vectors, checkpointing the new ones.
+
+    Null or empty texts stop the embedding unless SKIP_EMPTY; the rest of the column is still
+    read, to name the first of them and count them all (InvalidTextError). What was embedded
+    before is kept in the checkpoints, as on any failure.
+    """
+    from tqdm.auto import tqdm
+
+    stats = StreamStats()
+    refused: list[int] = []  # the first bad rows, 0-based, when they are refused
+    refused_count = 0
+    seen = 0
+    stop = threading.Event()
+    reader = _Thread(lambda put: _read(rows, column, put), stop)
+    writer = _Writer(output, stop)
+    bar = tqdm(
+        total=rows.count(), unit="row", desc="embedding", disable=None if progress is None else not progress
+    )
+
+    def on_wait(seconds: float, reason: str) -> None:
+        bar.set_postfix_str(f"waiting {seconds:.0f} s: {reason}", refresh=True)
+        log.info("waiting %.0f s: %s", seconds, reason)
+
+    saved = [0]  # texts embedded and checkpointed by this run
+
+    def on_saved(count: int) -> None:
+        saved[0] += count
+        bar.update(count)
+
+    run.on_wait = on_wait
+    try:
+        for block in reader.items():
+            n = len(block.bad)
+            if block.bad.any() and not skip_empty:
+                bad_rows = np.flatnonzero(block.bad)
+                refused.extend(int(seen + i) for i in bad_rows[: 5 - len(refused)])
+                refused_count += len(bad_rows)
+            seen += n
+            if refused_count:  # from here on only count: nothing more is embedded or written
+                bar.update(n)
+                continue
+            if block.bad.any():
+                keep = ~block.bad
+                stats.skipped += int(block.bad.sum())
+                block = _Block(
+                    block.table.filter(keep), block.texts.filter(keep), block.bad[keep], block.digests[keep]
+                )
+            if not len(block.digests):
+                bar.update(n)
+                continue
+            vectors, embedded = _vectors(block, engine, run, reuse, checkpoint, on_saved)
+            if stats.dimension and vectors.shape[1] != stats.dimension:
+                raise HubembedError(
+                    f"the embedder returned {vectors.shape[1]}-d vectors after {stats.dimension}-d ones"
+                )
+            stats.dimension = vectors.shape[1]
+            stats.normalized &= unit_length(vectors)
+            stats.embedded += embedded
+            stats.rows += len(vectors)
+            writer.put((block.table, vectors, block.digests))
+            bar.update(n - embedded)
+            bar.set_postfix_str(
+                f"{stats.embedded} embedded, {stats.rows - stats.embedded} reused", refresh=False
+            )
+        writer.finish()
+    except TimeBudgetExceeded as exc:
+        raise TimeBudgetExceeded(
+            f"{exc.reason}; {saved[0]} texts were embedded and saved: run the same command again to continue",
+            reason=exc.reason,
+        ) from exc
+    finally:
+        stop.set()
+        bar.close()
+        checkpoint.close()
+        if not writer.finished:
+            writer.abort()
+    if refused_count:
+        raise refuse_bad_texts(column, refused_count, refused)
+    if not seen:
+        raise SourceError(EMPTY_SOURCE)
+    if not stats.rows:
+        raise all_texts_bad(column)
+    if stats.skipped:
+        log.warning("skipped %d rows with null or empty %r (--skip-empty)", stats.skipped, column)
+    return stats
+
+
+def _read(rows: RowStream, column: str, put: Callable[[Any], None]) -> None:
+    """The reader thread: each block with its texts' null/empty mask and sha256 digests."""
+    sha256 = hashlib.sha256
+    for table in rows.blocks():
+        texts = table.column(column)
+        bad = bad_texts(texts)
+        values = texts.to_pylist()
+        digests = b"".join(
+            _NO_DIGEST if b else sha256(t.encode("utf-8")).digest() for t, b in zip(values, bad, strict=True)
+        )
+        put(_Block(table, texts, bad, np.frombuffer(digests, dtype="S32")))
+
+
+def _vectors(
+    block: _Block,
+    engine: Engine,
+    run: EmbedRun,
+    reuse: ReuseIndex,
+    checkpoint: Checkpoint,
+    advance: Callable[[int], Any],
+) -> tuple[np.ndarray, int]:
+    """BLOCK's vectors, reused where REUSE has them, embedded (each distinct text once, longest
+    first, checkpointed as each piece finishes) where not; and how many texts were embedded."""
+    import pyarrow.compute as pc
+
+    known = reuse.find(block.digests)
+    missing = np.flatnonzero(known < 0)
+    vectors: np.ndarray | None = None
+    embedded = 0
+    if len(missing):
+        _, first, inverse = np.unique(block.digests[missing], return_index=True, return_inverse=True)
+        todo = missing[first]
+        # Like encode's own sort, over the block: texts of a length share a forward pass, so less
+        # of it is padding (4-6% on CPU, benchmarks/README.md). Vectors go back by position.
+        lengths = pc.utf8_length(block.texts.take(todo)).to_numpy(zero_copy_only=False)
+        order = np.argsort(-lengths, kind="stable")
+        todo_digests = block.digests[todo[order]]
+
+        def save(start: int, piece: np.ndarray) -> None:
+            checkpoint.save(todo_digests[start : start + len(piece)], piece)
+            advance(len(piece))
+
+        run.on_batch = save
+        texts = block.texts.take(todo[order]).to_pylist()
+        fresh = engine.embed(texts, run)
+        embedded = len(texts)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        vectors = np.empty((len(known), fresh.shape[1]), dtype=np.float32)
+        vectors[missing] = fresh[rank[inverse.reshape(-1)]]
+    hits = np.flatnonzero(known >= 0)
+    if len(hits):
+        reused = reuse.take(known[hits])
+        if vectors is None:
+            vectors = np.empty((len(known), reused.shape[1]), dtype=np.float32)
+        vectors[hits] = reused
+    assert vectors is not None
+    return vectors, embedded
+
+
+def hex_digests(digests: np.ndarray) -> pa.Array:
+    """S32 digests as the hash column's hex strings, without a Python loop."""
+    import pyarrow as pa
+
+    raw = np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(len(digests), 32)
+    text = np.ascontiguousarray(_HEX[raw]).view("S64").reshape(-1)
+    return pa.array(text, type=pa.binary(64)).cast(pa.string())
+
+
+class _Thread:
+    """Runs PRODUCE(put) in a thread; ``items`` yields what it puts, and raises what it raised."""
+
+    _END = object()
+
+    def __init__(self, produce: Callable[[Callable[[Any], None]], None], stop: threading.Event) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BLOCKS)
+        self._stop = stop
+        self._produce = produce
+        self._thread = threading.Thread(target=self._main, name="hubembed-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _main(self) -> None:
+        try:
+            self._produce(self._put)
+            self._put(self._END)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the consuming thread
+            with contextlib.suppress(_Stopped):
+                self._put(_Failure(exc))
+
+    def items(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+
+class _Writer:
+    """Writes blocks to OUTPUT in a thread of its own; an error there is raised here."""
+
+    def __init__(self, output: Output, stop: threading.Event) -> None:
+        self.output = output
+        self.finished = False
+        self._stop = stop
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BLOCKS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="hubembed-writer", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None or self._error is not None:
+                return
+            table, vectors, digests = item
+            try:
+                self.output.write(table, vectors, hex_digests(digests))
+            except BaseException as exc:
+                self._error = exc
+                self._stop.set()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        while True:
+            self._check()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait for every block to be written; the output is then closed by the caller."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+        self.finished = True
+
+    def abort(self) -> None:
+        self._error = self._error or _Stopped()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._thread.join(timeout=60)
+        self.output.abort()
+
+
+class _Stopped(Exception):
+    """The other side of a queue has gone."""
+
+
+@dataclass
+class _Failure:
+    error: BaseException
