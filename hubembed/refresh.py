@@ -95,59 +95,62 @@ class ReuseIndex:
 
 
 class Checkpoint:
-    """Vectors of an unfinished build, appended to a file under the hubembed cache as each
+    """Vectors of an unfinished build, appended to files under the hubembed cache as each
     batch completes.
 
-    Each record is a text's sha256 digest followed by its float32 vector, so a build killed
-    at any point (SIGKILL too) leaves whole records plus at most one partial one, which the
-    reader drops: every finished batch survives. Keyed by source and settings, not by source
-    revision: a source edited between a killed run and its rerun still reuses every
-    unchanged text.
+    A run writes two files: the vectors (float32 rows) and, after them, the sha256 digests of
+    their texts. A digest is only ever written after its vector, so a build killed at any point
+    (SIGKILL too) leaves digests that all have whole vectors, plus perhaps vectors without a
+    digest, which the reader ignores: every finished batch survives. The vectors are written
+    straight from the embedder's array, without a copy, and read back memory-mapped. Keyed by
+    source and settings, not by source revision: a source edited between a killed run and its
+    rerun still reuses every unchanged text.
     """
 
     def __init__(self, source_id: str, settings_key: str) -> None:
         key = hashlib.sha256(f"{source_id}\0{settings_key}".encode()).hexdigest()[:24]
         self.path = config.cache_dir() / "checkpoints" / key
-        self._fd: int | None = None
-
-    @staticmethod
-    def _dtype(dimension: int) -> np.dtype:
-        return np.dtype([("digest", "S32"), ("vector", "<f4", (dimension,))])
+        self._fds: tuple[int, int] | None = None
 
     def load_into(self, index: ReuseIndex) -> int:
         """Make every saved vector findable in INDEX, memory-mapped; return how many there are."""
         found = 0
-        for f in sorted(self.path.glob("run-*-d*.bin")):
+        for keys in sorted(self.path.glob("run-*-d*.sha")):
             try:
-                dtype = self._dtype(int(f.stem.rsplit("-d", 1)[1]))
-                count = f.stat().st_size // dtype.itemsize  # a partial last record is dropped
+                dimension = int(keys.stem.rsplit("-d", 1)[1])
+                data = keys.with_suffix(".f32")
+                count = min(keys.stat().st_size // 32, data.stat().st_size // (4 * dimension))
                 if not count:
                     continue
-                records = np.memmap(f, dtype=dtype, mode="r", shape=(count,))
+                digests = np.fromfile(keys, dtype="S32", count=count)
+                vectors = np.memmap(data, dtype="<f4", mode="r", shape=(count, dimension))
             except (OSError, ValueError):  # a damaged file is only lost work
-                log.debug("ignoring unreadable checkpoint %s", f)
+                log.debug("ignoring unreadable checkpoint %s", keys)
                 continue
-            index.add(np.asarray(records["digest"]), records["vector"])
+            index.add(digests, vectors)
             found += count
         return found
 
     def save(self, digests: np.ndarray, vectors: np.ndarray) -> None:
-        """Append one finished batch (DIGESTS: S32, one per vector), in a single write."""
-        records = np.empty(len(digests), dtype=self._dtype(vectors.shape[1]))
-        records["digest"] = digests
-        records["vector"] = vectors
-        if self._fd is None:
+        """Append one finished batch (DIGESTS: S32, one per vector): vectors first, then digests."""
+        if self._fds is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            name = f"run-{time.time_ns():020d}-{os.getpid()}-d{vectors.shape[1]}.bin"
-            self._fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        data = memoryview(records.tobytes())
-        while data:
-            data = data[os.write(self._fd, data) :]
+            stem = self.path / f"run-{time.time_ns():020d}-{os.getpid()}-d{vectors.shape[1]}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            self._fds = (
+                os.open(stem.with_suffix(".f32"), flags, 0o600),
+                os.open(stem.with_suffix(".sha"), flags, 0o600),
+            )
+        for fd, array in zip(self._fds, (vectors.astype("<f4", copy=False), digests), strict=True):
+            data = np.ascontiguousarray(array).data.cast("B")
+            while data:
+                data = data[os.write(fd, data) :]
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
 
     def clear(self) -> None:
         self.close()

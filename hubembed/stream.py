@@ -14,6 +14,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,7 +94,8 @@ def run_stream(
         bar.set_postfix_str(f"waiting {seconds:.0f} s: {reason}", refresh=True)
         log.info("waiting %.0f s: %s", seconds, reason)
 
-    saved = [0]  # texts embedded and checkpointed by this run
+    saved = [0]  # texts embedded by this run, and checkpointed where that was worth it
+    saver = _Saver(checkpoint)
 
     def on_saved(count: int) -> None:
         saved[0] += count
@@ -120,7 +122,7 @@ def run_stream(
             if not len(block.digests):
                 bar.update(n)
                 continue
-            vectors, embedded = _vectors(block, engine, run, reuse, checkpoint, on_saved)
+            vectors, embedded = _vectors(block, engine, run, reuse, saver, on_saved)
             if stats.dimension and vectors.shape[1] != stats.dimension:
                 raise HubembedError(
                     f"the embedder returned {vectors.shape[1]}-d vectors after {stats.dimension}-d ones"
@@ -175,7 +177,7 @@ def _vectors(
     engine: Engine,
     run: EmbedRun,
     reuse: ReuseIndex,
-    checkpoint: Checkpoint,
+    checkpoint: _Saver,
     advance: Callable[[int], Any],
 ) -> tuple[np.ndarray, int]:
     """BLOCK's vectors, reused where REUSE has them, embedded (each distinct text once, longest
@@ -195,8 +197,12 @@ def _vectors(
         order = np.argsort(-lengths, kind="stable")
         todo_digests = block.digests[todo[order]]
 
+        started = time.perf_counter()
+
         def save(start: int, piece: np.ndarray) -> None:
-            checkpoint.save(todo_digests[start : start + len(piece)], piece)
+            # What embedding it again would cost: its share of this call's time so far.
+            cost = (time.perf_counter() - started) * len(piece) / (start + len(piece))
+            checkpoint.save(todo_digests[start : start + len(piece)], piece, cost)
             advance(len(piece))
 
         run.on_batch = save
@@ -206,7 +212,11 @@ def _vectors(
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
         vectors = np.empty((len(known), fresh.shape[1]), dtype=np.float32)
-        vectors[missing] = fresh[rank[inverse.reshape(-1)]]
+        where = rank[inverse.reshape(-1)]
+        if len(missing) == len(known):  # nothing reused: gather straight into place
+            np.take(fresh, where, axis=0, out=vectors)
+        else:
+            vectors[missing] = fresh[where]
     hits = np.flatnonzero(known >= 0)
     if len(hits):
         reused = reuse.take(known[hits])
@@ -317,6 +327,26 @@ class _Writer:
             self._queue.put_nowait(None)
         self._thread.join(timeout=60)
         self.output.abort()
+
+
+class _Saver:
+    """Checkpoints each embedded piece that is worth keeping: one whose embedding took longer
+    than saving it takes. A model on a CPU or GPU, or a remote API, always is; an embedder as
+    fast as the disk is not, and saving its vectors would double the build's writes for
+    nothing (benchmarks/README.md, "Pipeline"): after a kill it embeds them again instead."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.seconds_per_byte: float | None = None  # measured on the saves so far
+
+    def save(self, digests: np.ndarray, vectors: np.ndarray, cost: float) -> None:
+        if self.seconds_per_byte is not None and cost < self.seconds_per_byte * vectors.nbytes:
+            return
+        start = time.perf_counter()
+        self.checkpoint.save(digests, vectors)
+        rate = (time.perf_counter() - start) / max(vectors.nbytes, 1)
+        old = self.seconds_per_byte
+        self.seconds_per_byte = rate if old is None else 0.8 * old + 0.2 * rate
 
 
 class _Stopped(Exception):

@@ -134,6 +134,7 @@ class StoppingEmbedder(RecordingEmbedder):
         self.after_calls -= 1
         if self.after_calls < 0:
             raise RemoteError("stopped")
+        time.sleep(0.02)  # as a model takes time: its batches are worth checkpointing
         return super().embed_batch(texts, timeout)
 
 

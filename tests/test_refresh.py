@@ -143,9 +143,9 @@ def test_checkpoints_are_cleaned_up_after_a_successful_push(tmp_path, monkeypatc
     abandoned, recent = cache / "checkpoints" / "abandoned", cache / "checkpoints" / "recent"
     for folder in (abandoned, recent):
         folder.mkdir(parents=True)
-        (folder / "run-1-1-d384.bin").write_bytes(b"")
+        (folder / "run-1-1-d384.sha").write_bytes(b"")
     week_ago = time.time() - 8 * 86400
     os.utime(abandoned, (week_ago, week_ago))
     hubembed.build("sample:medicare-faqs", str(tmp_path / "o"), progress=False)
     # This build's own checkpoint is gone, another build's old one too; a recent one stays.
-    assert sorted(p.parent.name for p in cache.rglob("*.bin")) == ["recent"]
+    assert sorted({p.parent.name for p in cache.rglob("run-*")}) == ["recent"]

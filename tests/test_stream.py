@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +27,12 @@ class Recorder(Embedder):
 
     dimension = 8
 
-    def __init__(self) -> None:
+    def __init__(self, seconds_per_call: float = 0.0) -> None:
         self.seen: list[str] = []
+        self.seconds_per_call = seconds_per_call
 
     def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        time.sleep(self.seconds_per_call)  # as a model takes time: its work is worth saving
         self.seen += texts
         raw = np.array([list(hashlib.sha256(t.encode()).digest()[:8]) for t in texts], np.float32) + 1
         return raw / np.linalg.norm(raw, axis=1, keepdims=True)
@@ -90,7 +93,7 @@ def test_a_null_text_far_into_the_stream_is_refused_and_the_work_before_it_is_ke
     src = tmp_path / "in.parquet"
     write_parquet(src, bad)
     monkeypatch.setattr(source, "BLOCK_ROWS", 16)
-    first = Recorder()
+    first = Recorder(seconds_per_call=0.01)
     with pytest.raises(InvalidTextError) as refused:
         build(src, tmp_path / "out", first)
     assert "column 'text' has 3 null or empty texts (rows 150, 170, 199)" in str(refused.value)
@@ -173,3 +176,32 @@ def test_the_card_record_round_trips_and_old_cards_still_match(tmp_path, medicar
     old = {k: v for k, v in meta.items() if k not in ("precision", "backend")}
     assert BuildRecord.from_dict(old).fingerprint() == record.fingerprint() == settings_fingerprint(meta)
     assert BuildRecord.from_dict({}) is None and BuildRecord.from_dict({"other": 1}) is None
+
+
+def test_work_that_costs_less_than_saving_it_is_not_checkpointed(tmp_path, monkeypatch, texts):
+    """A model's batches are saved as they finish; a batch that took less time to embed than
+    saving takes is not worth saving: a killed build embeds it again instead."""
+    from hubembed import refresh
+    from hubembed.stream import _Saver
+
+    saved = []
+    original = refresh.Checkpoint.save
+
+    def counting(self, digests, vectors):
+        saved.append(len(vectors))
+        return original(self, digests, vectors)
+
+    monkeypatch.setattr(refresh.Checkpoint, "save", counting)
+    monkeypatch.setattr(source, "BLOCK_ROWS", 16)
+    src = tmp_path / "in.parquet"
+    write_parquet(src, [f"{t} {i}" for i, t in enumerate(texts)])
+    build(src, tmp_path / "out", Recorder(seconds_per_call=0.01))
+    assert sum(saved) == 200  # every batch of a model that takes time
+    saved.clear()
+    saver = _Saver(refresh.Checkpoint("src", "settings"))
+    digests = np.zeros(1000, "S32")
+    vectors = np.ones((1000, 384), np.float32)
+    saver.save(digests, vectors, cost=0.0)  # the first is saved, and timed
+    saver.save(digests, vectors, cost=0.0)  # free to embed again: not saved
+    saver.save(digests, vectors, cost=10.0)  # ten seconds of work: saved
+    assert saved == [1000, 1000]
