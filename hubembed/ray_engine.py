@@ -111,10 +111,7 @@ class RayEngine(Engine):
         address: str | None = None,
         stall_seconds: float = 120.0,
     ) -> None:
-        if workers < 1:
-            raise UsageError(f"--workers must be at least 1, not {workers}")
-        if gpus_per_worker < 0:
-            raise UsageError(f"--gpus-per-worker must not be negative, not {gpus_per_worker:g}")
+        # WORKERS and GPUS_PER_WORKER were checked with the other options (hubembed/options.py).
         self._make = make
         self.workers = workers
         self.gpus_per_worker = float(gpus_per_worker)

@@ -84,7 +84,8 @@ def run_stream(
     refused_count = 0
     seen = 0
     stop = threading.Event()
-    reader = _Thread(lambda put: _read(rows, column, put), stop)
+    counting = threading.Event()  # texts are refused: the reader only finds the bad ones
+    reader = _Thread(lambda put: _read(rows, column, put, counting), stop)
     writer = _Writer(output, stop)
     bar = tqdm(
         total=rows.count(), unit="row", desc="embedding", disable=None if progress is None else not progress
@@ -94,13 +95,7 @@ def run_stream(
         bar.set_postfix_str(f"waiting {seconds:.0f} s: {reason}", refresh=True)
         log.info("waiting %.0f s: %s", seconds, reason)
 
-    saved = [0]  # texts embedded by this run, and checkpointed where that was worth it
     saver = _Saver(checkpoint)
-
-    def on_saved(count: int) -> None:
-        saved[0] += count
-        bar.update(count)
-
     run.on_wait = on_wait
     try:
         for block in reader.items():
@@ -111,6 +106,7 @@ def run_stream(
                 refused_count += len(bad_rows)
             seen += n
             if refused_count:  # from here on only count: nothing more is embedded or written
+                counting.set()
                 bar.update(n)
                 continue
             if block.bad.any():
@@ -122,7 +118,7 @@ def run_stream(
             if not len(block.digests):
                 bar.update(n)
                 continue
-            vectors, embedded = _vectors(block, engine, run, reuse, saver, on_saved)
+            vectors, embedded = _vectors(block, engine, run, reuse, saver, bar.update)
             if stats.dimension and vectors.shape[1] != stats.dimension:
                 raise HubembedError(
                     f"the embedder returned {vectors.shape[1]}-d vectors after {stats.dimension}-d ones"
@@ -139,7 +135,7 @@ def run_stream(
         writer.finish()
     except TimeBudgetExceeded as exc:
         raise TimeBudgetExceeded(
-            f"{exc.reason}; {saved[0]} texts were embedded and saved: run the same command again to continue",
+            f"{exc.reason}; {saver.texts} texts were embedded and saved: run the same command again to continue",
             reason=exc.reason,
         ) from exc
     finally:
@@ -159,12 +155,16 @@ def run_stream(
     return stats
 
 
-def _read(rows: RowStream, column: str, put: Callable[[Any], None]) -> None:
-    """The reader thread: each block with its texts' null/empty mask and sha256 digests."""
+def _read(rows: RowStream, column: str, put: Callable[[Any], None], counting: threading.Event) -> None:
+    """The reader thread: each block with its texts' null/empty mask and sha256 digests (once
+    COUNTING is set, the mask alone)."""
     sha256 = hashlib.sha256
     for table in rows.blocks():
         texts = table.column(column)
         bad = bad_texts(texts)
+        if counting.is_set():
+            put(_Block(table, texts, bad, np.empty(0, "S32")))
+            continue
         values = texts.to_pylist()
         digests = b"".join(
             _NO_DIGEST if b else sha256(t.encode("utf-8")).digest() for t, b in zip(values, bad, strict=True)
@@ -338,12 +338,14 @@ class _Saver:
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self.seconds_per_byte: float | None = None  # measured on the saves so far
+        self.texts = 0  # saved by this run
 
     def save(self, digests: np.ndarray, vectors: np.ndarray, cost: float) -> None:
         if self.seconds_per_byte is not None and cost < self.seconds_per_byte * vectors.nbytes:
             return
         start = time.perf_counter()
         self.checkpoint.save(digests, vectors)
+        self.texts += len(digests)
         rate = (time.perf_counter() - start) / max(vectors.nbytes, 1)
         old = self.seconds_per_byte
         self.seconds_per_byte = rate if old is None else 0.8 * old + 0.2 * rate
