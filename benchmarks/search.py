@@ -57,18 +57,18 @@ def paths(args: argparse.Namespace, queries, corpus, *, unit: bool) -> dict[str,
         out["util.semantic_search, score_function=dot_score"] = lambda: util.semantic_search(
             queries, corpus, top_k=k, score_function=util.dot_score
         )
-    out["hubembed.semantic_search (same call)"] = lambda: semantic_search(queries, corpus, k)
+    out["hubembed.semantic_search (same call)"] = lambda: semantic_search(queries, corpus, top_k=k)
     if unit:
         out["hubembed.semantic_search, normalized=True"] = lambda: semantic_search(
-            queries, corpus, k, normalized=True
+            queries, corpus, top_k=k, normalized=True
         )
         half = corpus.to(torch.float16)
         out[PEER_FP16] = lambda: util.semantic_search(queries, half, top_k=k)
-        out["hubembed.semantic_search, fp16 corpus"] = lambda: semantic_search(queries, half, k)
+        out["hubembed.semantic_search, fp16 corpus"] = lambda: semantic_search(queries, half, top_k=k)
     else:
         norms = row_norms(corpus)
         out["hubembed.semantic_search, corpus_norms cached"] = lambda: semantic_search(
-            queries, corpus, k, corpus_norms=norms
+            queries, corpus, top_k=k, corpus_norms=norms
         )
     if corpus.device.type == "cpu":
         index = embedded_dataset(corpus, unit=unit)

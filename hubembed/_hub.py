@@ -17,6 +17,16 @@ def looks_like_repo_id(value: str) -> bool:
     return bool(_REPO_ID.match(value)) and not value.endswith((".csv", ".json", ".jsonl", ".parquet"))
 
 
+def repo_id_of(ref: str) -> str | None:
+    """The Hub dataset id REF names ("user/name", "name", "hf://datasets/user/name"), or None
+    where REF can only be a local path ("./x", "/x", "~/x", "a/b/c", "x.csv")."""
+    if ref.startswith(HF_PREFIX):
+        return strip_hf_prefix(ref)
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1 or not looks_like_repo_id(ref):
+        return None
+    return ref
+
+
 def strip_hf_prefix(value: str) -> str:
     return value[len(HF_PREFIX) :] if value.startswith(HF_PREFIX) else value
 

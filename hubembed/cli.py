@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, config
 from .errors import HubembedError
+from .source import plural
 from .workflow import add_workflow_parser, run_workflow_command
 
 log = logging.getLogger("hubembed")
@@ -21,13 +23,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="hubembed", description="Embed a text dataset and publish it on the Hugging Face Hub."
     )
     parser.add_argument("--version", action="version", version=f"hubembed {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
+    _verbosity(parser, False)
+    # The same flags after the subcommand (`hubembed build -q ...`), listed in its --help.
+    common = argparse.ArgumentParser(add_help=False)
+    _verbosity(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = commands.add_parser(
         "build",
+        parents=[common],
         help="embed SRC and publish it to DST",
         description="Embed a text column of SRC and publish the rows with an 'embedding' column to DST. "
         "SRC: a Hub dataset id (user/name), a local csv/json/jsonl/parquet file or folder, or "
@@ -100,16 +104,32 @@ def _parser() -> argparse.ArgumentParser:
         help="leave out rows whose text is null or empty (default: refuse such a source)",
     )
 
-    s = commands.add_parser("search", help="search an embedded dataset", description="Search DST for QUERY.")
+    s = commands.add_parser(
+        "search", parents=[common], help="search an embedded dataset", description="Search DST for QUERY."
+    )
     s.add_argument("dst", metavar="DST", help="a Hub dataset id or a local folder built by hubembed")
     s.add_argument("query", metavar="QUERY")
     s.add_argument("-k", "--top-k", type=int, default=5, help="how many hits (default: 5)")
     s.add_argument("--revision", help="a revision of DST")
     s.add_argument("--model", help="embed the query with this model instead of the card's")
     s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true", help="print hits as a JSON list")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help='print hits as a JSON list of {"rank", "corpus_id", "score", "row"}, rows whole',
+    )
     add_workflow_parser(commands, build_parser=b)
     return parser
+
+
+def _verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="only print errors and results"
+    )
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="say more about each step"
+    )
 
 
 def _setup_output(args: argparse.Namespace) -> bool | None:
@@ -144,41 +164,67 @@ def _build(args: argparse.Namespace, progress: bool | None) -> int:
 
     options = BuildOptions.create(args.src, args.dst, **{k: getattr(args, k) for k in BuildOptions.names()})
     result = build(options, progress=progress)
-    if args.quiet:
-        return 0
     if result.up_to_date:
-        print(f"{result.destination}: up to date ({result.rows} rows); nothing to do")
+        source = result.metadata.get("source") or {}
+        print(
+            f"{result.destination}: up to date with {source.get('id')}@{str(source.get('revision'))[:12]} "
+            f"({plural(result.rows, 'row')}); nothing to do"
+        )
     else:
         print(
-            f"{result.destination}: {result.rows} rows, {result.dimension}-d "
-            f"({result.embedded} embedded, {result.rows - result.embedded} reused), at {result.location}"
+            f"{result.destination}: {plural(result.rows, 'row')}, {result.dimension}-d "
+            f"({result.embedded:,} embedded, {result.rows - result.embedded:,} reused), at {result.location}"
         )
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .loader import load
 
+    # Checked before anything loads: a model takes seconds.
+    if args.top_k < 1:
+        raise UsageError(f"-k/--top-k must be at least 1 (got {args.top_k})")
+    if args.device not in ("auto", "cpu"):
+        from .models import pick_devices
+
+        pick_devices(args.device)
     index = load(args.dst, args.revision, model=args.model, device=args.device)
     hits = index.search(args.query, top_k=args.top_k)
-    column = index.text_column
-    records: list[dict[str, Any]] = []
-    for rank, hit in enumerate(hits, start=1):
-        record = {"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6)}
-        record.update(hit["row"])
-        records.append(record)
+    records = [
+        {"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6), "row": hit["row"]}
+        for rank, hit in enumerate(hits, start=1)
+    ]
     if args.json:
         print(json.dumps(records, ensure_ascii=False, default=str))
         return 0
+    column = index.text_column
+    width = max(shutil.get_terminal_size((100, 24)).columns - 15, 40)
     for r in records:
-        text = r.get(column) if column else None
-        print(f"{r['rank']:>3}  {r['score']:.4f}  {text if text is not None else '#' + str(r['corpus_id'])}")
+        text = r["row"].get(column) if column else None
+        shown = _one_line(text, width) if text is not None else f"#{r['corpus_id']}"
+        print(f"{r['rank']:>3}  {r['score']:.4f}  {shown}")
+    if records and column is None and index.metadata.get("layout") == "blog":
+        print(
+            "(a --layout blog build stores only the vectors: the numbers are row numbers of the "
+            f"source, {(index.metadata.get('source') or {}).get('id')})",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _one_line(text: Any, width: int) -> str:
+    """TEXT on one line of at most WIDTH characters: the human format shortens, --json does not."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hubembed` command. Returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:  # one before the subcommand, one after
+        parser.error("-q/--quiet and -v/--verbose cannot be used together")
     progress = _setup_output(args)
     try:
         if args.command == "workflow":

@@ -41,6 +41,7 @@ class EmbeddedDataset:
         device: str = "auto",
         trust_remote_code: bool = False,
         shards: tuple[str, list[Path]] | None = None,
+        ref: str | None = None,
     ) -> None:
         # SHARDS, (location, parquet files), stands in for DATASET until something needs the
         # rows: the vectors then come from the decoded-vector cache (hubembed/vectors.py).
@@ -48,12 +49,26 @@ class EmbeddedDataset:
             raise ValueError("give a dataset or its parquet shards")
         self._dataset = dataset
         self._shards = shards
+        self.ref = ref  # what it was loaded from: a repo id or a path
         self.metadata = metadata
         self._model = model
         self._token = token
         self._device = device
         self._trust_remote_code = trust_remote_code
         self.embedding_columns = _embedding_columns(self._column_names, metadata)
+
+    def __repr__(self) -> str:
+        meta = self.metadata
+        parts = [repr(self.ref)] if self.ref else []
+        if meta.get("rows") is not None:
+            parts.append(f"rows={meta['rows']}")
+        if meta.get("dimension"):
+            parts.append(f"dimension={meta['dimension']}")
+        parts.append(f"model={meta.get('model')!r}" if meta.get("model") else "model=unknown")
+        source = meta.get("source") or {}
+        if source.get("id"):
+            parts.append(f"source='{source['id']}@{str(source.get('revision'))[:12]}'")
+        return f"EmbeddedDataset({', '.join(parts)})"
 
     @property
     def dataset(self) -> datasets.Dataset:
@@ -197,7 +212,9 @@ class EmbeddedDataset:
         else:
             vectors = torch.as_tensor(np.asarray(query) if isinstance(query, list) else query)
         norms = self._corpus_norms
-        hits = semantic_search(vectors, self.embeddings, top_k, normalized=norms is None, corpus_norms=norms)
+        hits = semantic_search(
+            vectors, self.embeddings, top_k=top_k, normalized=norms is None, corpus_norms=norms
+        )
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
         # One Arrow take for all hits, instead of a row lookup per hit.
         ids = [hit["corpus_id"] for per_query in hits for hit in per_query]
@@ -240,22 +257,39 @@ def load(
     model used for text queries. Raises SourceError if it cannot be found.
     """
     token = token if token is not None else config.hf_token()
-    path = Path(repo_or_path)
+    path = Path(repo_or_path).expanduser()
     if path.exists():
         readme = path / "README.md"
         meta = read_metadata(readme.read_text(encoding="utf-8")) if readme.is_file() else {}
         ds, shards = _load_local(path, meta, split)
     else:
-        repo_id = _hub.strip_hf_prefix(repo_or_path)
-        sha = _resolve_revision(repo_id, revision, token)
-        # The card is fetched at REVISION itself, not at SHA, so the HF cache records where the
-        # branch pointed and a later offline load finds it; the rows are read at the card's
-        # commit, so the two belong together.
-        card, commit = _hub_readme(repo_id, revision, token)
-        meta = read_metadata(card)
-        ds, shards = _load_hub(repo_id, commit or sha, meta, split, token)
+        repo_id = _hub.repo_id_of(repo_or_path)
+        if repo_id is None:
+            raise SourceError(f"no such folder or file: {repo_or_path} (and it is not a Hub dataset id)")
+        # A bare name is a local folder as often as a canonical Hub dataset: say both.
+        local = "" if "/" in repo_id else f"; there is no local folder or file {repo_or_path!r} either"
+        try:
+            sha, reachable = _resolve_revision(repo_id, revision, token)
+            # The card is fetched at REVISION itself, not at SHA, so the HF cache records where
+            # the branch pointed and a later offline load finds it; the rows are read at the
+            # card's commit, so the two belong together. Once the Hub is known to be out of
+            # reach, only the cache is asked: no retries.
+            card, commit = _hub_readme(repo_id, revision, token, offline=not reachable)
+            meta = read_metadata(card)
+            ds, shards = _load_hub(repo_id, commit or sha, meta, split, token, offline=not reachable)
+        except SourceError as exc:
+            raise SourceError(f"{exc}{local}") from exc
+        except HubUnreachableError as exc:
+            raise HubUnreachableError(f"{exc}{local}") from exc
     return EmbeddedDataset(
-        ds, meta, model=model, token=token, device=device, trust_remote_code=trust_remote_code, shards=shards
+        ds,
+        meta,
+        model=model,
+        token=token,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        shards=shards,
+        ref=repo_or_path,
     )
 
 
@@ -318,27 +352,29 @@ def _read_files(files: list[Path]) -> datasets.Dataset:
     return datasets.Dataset(pa.concat_tables(tables), fingerprint=fingerprint(files))
 
 
-def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> str | None:
+def _resolve_revision(repo_id: str, revision: str | None, token: str | None) -> tuple[str | None, bool]:
     """The commit sha of REVISION; with no Hub in reach (offline), REVISION itself, for the cache."""
     from huggingface_hub import HfApi
 
     if config.offline():
-        return revision
+        return revision, False
     try:
-        return HfApi().dataset_info(repo_id, revision=revision, token=token).sha
+        return HfApi().dataset_info(repo_id, revision=revision, token=token).sha, True
     except Exception as exc:
         if _hub.is_connection_error(exc):
             log.warning(
                 "cannot reach the Hub at %s: reading %s from the local cache", config.hf_endpoint(), repo_id
             )
-            return revision
+            return revision, False
         mapped = _hub.source_error(exc, repo_id, revision, token)
         if mapped is None:
             raise
         raise mapped from exc
 
 
-def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> tuple[str, str | None]:
+def _hub_readme(
+    repo_id: str, revision: str | None, token: str | None, *, offline: bool = False
+) -> tuple[str, str | None]:
     """The repo's card ("" if it has none) and the commit it was read at (None if unknown)."""
     import re
 
@@ -346,7 +382,14 @@ def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> tuple[
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     try:
-        path = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=revision, token=token)
+        path = hf_hub_download(
+            repo_id,
+            "README.md",
+            repo_type="dataset",
+            revision=revision,
+            token=token,
+            local_files_only=offline,
+        )
     except RemoteEntryNotFoundError:
         return "", None  # the repo has no card: the blog's shape
     except LocalEntryNotFoundError as exc:  # the Hub out of reach, and nothing cached
@@ -364,7 +407,13 @@ def _hub_readme(repo_id: str, revision: str | None, token: str | None) -> tuple[
 
 
 def _load_hub(
-    repo_id: str, revision: str | None, meta: dict[str, Any], split: str | None, token: str | None
+    repo_id: str,
+    revision: str | None,
+    meta: dict[str, Any],
+    split: str | None,
+    token: str | None,
+    *,
+    offline: bool = False,
 ) -> Found:
     """A hubembed repo's shards for the split, downloaded (or found in the HF cache) as files;
     any other repo through load_dataset."""
@@ -380,6 +429,7 @@ def _load_hub(
                 revision=revision,
                 allow_patterns=[f"data/{split}-*.parquet"],
                 token=token,
+                local_files_only=offline,
             )
             shards = sorted(Path(folder).glob(f"data/{split}-*.parquet"))
             if shards:

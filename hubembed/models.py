@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,30 @@ class ResolvedModel:
     location: str
     revision: str | None
     origin: str  # "hub", "hub-cache", "local" or "packaged:<package> <version>"
+
+
+def check_prompt_name(resolved: ResolvedModel, prompt_name: str | None) -> None:
+    """Refuse a PROMPT_NAME the model does not have, from its config alone (before it loads).
+    Says nothing where the config is not on this disk yet: the embedder checks it then."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(resolved.location) / "config_sentence_transformers.json"
+    if prompt_name is None or not config_file.is_file():
+        return
+    try:
+        prompts = json.loads(config_file.read_text(encoding="utf-8")).get("prompts") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    # sentence-transformers 6 gives every model "query" and "document" prompts (blank unless the
+    # config fills them); the embedder's own check, after loading, has the last word.
+    prompts = {"query": "", "document": "", **prompts}
+    if prompt_name not in prompts:
+        names = ", ".join(repr(n) for n in prompts)
+        raise ModelError(
+            f"the model has no prompt named {prompt_name!r}; its prompts: {names} "
+            "(or give a literal prompt with --prompt)"
+        )
 
 
 def _packaged(model_id: str) -> ResolvedModel | None:
@@ -74,7 +100,7 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         ) from exc
     except RepositoryNotFoundError as exc:
         if fallback:
-            log.info("model %s not on the Hub at %s: using its packaged copy", model, config.hf_endpoint())
+            log.debug("model %s not on the Hub at %s: using its packaged copy", model, config.hf_endpoint())
             return fallback
         hint = "check the id" if token else f"if it is private, {_hub.LOGIN_HINT}"
         raise ModelError(f"model {model!r} was not found on the Hub ({hint})") from exc
@@ -84,7 +110,7 @@ def resolve_model(model: str, *, revision: str | None = None, token: str | None 
         if not _hub.is_connection_error(exc):
             raise
         if fallback:
-            log.info("the Hub is unreachable: using the packaged copy of %s", model)
+            log.debug("the Hub is unreachable: using the packaged copy of %s", model)
             return fallback
         raise HubUnreachableError(
             f"cannot reach the Hub to fetch model {model!r}; use a local folder with --model, "
@@ -137,14 +163,15 @@ def load_model(
 
     device = pick_device(device)
     try:
-        return SentenceTransformer(
-            resolved.location,
-            device=device,
-            revision=resolved.revision,
-            token=token,
-            trust_remote_code=trust_remote_code,
-            local_files_only=resolved.origin == "hub-cache",
-        )
+        with _quiet_loading():
+            return SentenceTransformer(
+                resolved.location,
+                device=device,
+                revision=resolved.revision,
+                token=token,
+                trust_remote_code=trust_remote_code,
+                local_files_only=resolved.origin == "hub-cache",
+            )
     except (ValueError, OSError) as exc:
         text = str(exc)
         if "trust_remote_code" in text:
@@ -158,3 +185,18 @@ def load_model(
                 "unset it or pass a local folder with --model"
             ) from exc
         raise ModelError(f"cannot load model {resolved.model_id!r}: {text}") from exc
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a model loads for hubembed (a search in
+    someone's program must not print it), then as it was."""
+    from transformers.utils import logging as tf_logging
+
+    enabled = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            tf_logging.enable_progress_bar()

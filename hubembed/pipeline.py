@@ -20,7 +20,8 @@ from . import config
 from .card import BuildRecord, read_metadata
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
-from .models import load_model, pick_devices, resolve_model
+from .errors import DestinationError
+from .models import check_prompt_name, load_model, pick_devices, resolve_model
 from .options import ONNX_PRECISION, BuildOptions
 from .output import BlogOutput, ShardOutput
 from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
@@ -85,13 +86,13 @@ def build(
     sink.preflight()
     previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
 
+    make, model_fields = _embedder(opts, token, embedder_factory)
     resolved = resolve_source(
         s.src, revision=s.revision, config_name=s.config_name, split=s.split, token=token
     )
     rows = open_stream(resolved, token)
     source = rows.info
     source.column = choose_column(rows.features, s.column)
-    make, model_fields = _embedder(opts, token, embedder_factory)
     record = BuildRecord(
         **model_fields,
         **e.settings.to_dict(),
@@ -105,6 +106,11 @@ def build(
     )
     settings_key = record.fingerprint()
     same_settings = previous is not None and previous.fingerprint() == settings_key
+    if previous is not None and not o.force and _origin(previous.source) != _origin(record.source):
+        raise DestinationError(
+            f"{sink.ref} holds a build of {previous.source.get('id')!r}, not of {source.id!r}: "
+            "give another DST, or pass --force to replace it"
+        )
     if (
         previous is not None
         and same_settings
@@ -114,7 +120,7 @@ def build(
         # The same source has the same blank rows: skipped before, they still may be, or not.
         and (not previous.skipped_rows or s.skip_empty)
     ):
-        log.info("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
+        log.debug("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
         return BuildResult(sink.ref, sink.ref, previous.rows, previous.dimension, 0, True, previous.to_dict())
 
     checkpoint = Checkpoint(f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key)
@@ -124,6 +130,8 @@ def build(
     else:
         if previous is not None and not same_settings:
             log.info("the model or embedding settings changed: re-embedding everything")
+        elif previous is not None and previous.layout != o.layout:
+            log.info("the layout changed (%s -> %s): embedding every row again", previous.layout, o.layout)
         elif previous is not None and previous.hash_column == HASH_COLUMN:
             _add_previous(sink, reuse)
         resumed = checkpoint.load_into(reuse)
@@ -181,8 +189,7 @@ def build(
         raise
     checkpoint.clear()
     checkpoint.prune_stale()
-    log.info("embedded %d texts, reused %d", stats.embedded, stats.rows - stats.embedded)
-    log.info("wrote %d rows of %d-d embeddings to %s", stats.rows, stats.dimension, sink.ref)
+    log.debug("embedded %d texts, reused %d", stats.embedded, stats.rows - stats.embedded)
     return BuildResult(
         sink.ref, location, stats.rows, stats.dimension, stats.embedded, False, record.to_dict()
     )
@@ -205,6 +212,11 @@ def _embedder(
         make = partial(_remote_embedder, e.remote, e.api, e.model, settings, token, e.concurrency)
         return make, {"model": e.model, "model_revision": e.model_revision, "model_origin": origin}
     resolved = resolve_model(e.model, revision=e.model_revision, token=token)
+    # Refused before the source is read or the model loads (seconds): a prompt the model's
+    # config does not have, a GPU this machine does not have (on Ray, the workers' GPUs count).
+    check_prompt_name(resolved, e.prompt_name)
+    if opts.engine.engine == "local" and e.device not in ("auto", "cpu"):
+        pick_devices(e.device)
     make = partial(
         _local_embedder, resolved, e.device, e.trust_remote_code, settings, token, e.backend, e.batch_size
     )
@@ -237,6 +249,12 @@ def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
         batches = iter(old.column(HASH_COLUMN).chunks)
     keys = [np.frombuffer(bytes.fromhex("".join(b.to_pylist())), dtype="S32").astype("S16") for b in batches]
     reuse.add(np.concatenate(keys) if keys else np.empty(0, "S16"), vectors)
+
+
+def _origin(source: dict[str, Any]) -> tuple[Any, ...]:
+    # Another SRC, not the same one at another revision, config, split or column: those are
+    # asked for by name, and a refresh follows the source's revisions.
+    return source.get("kind"), source.get("id")
 
 
 def _made(embedder: Embedder, query: dict[str, Any]) -> tuple[Embedder, dict[str, Any]]:

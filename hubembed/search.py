@@ -1,6 +1,8 @@
-"""Exact top-k search, with the same answer shape as sentence_transformers.util.semantic_search.
+"""Exact top-k search: a drop-in for sentence_transformers.util.semantic_search.
 
-Same scores as util.semantic_search (cosine similarity), found with less work per call:
+Same parameters (order, names, defaults) and the same hits as util.semantic_search. Cosine
+similarity (the default) and util.dot_score are found with less work per call; any other
+score_function is called chunk by chunk, as util does:
 
 - the corpus is never re-normalised: a unit-length corpus (``normalized=True``) skips norms,
   any other takes row norms computed once (``corpus_norms``, see ``row_norms``; the loader
@@ -24,6 +26,8 @@ corpora are scored in float64. Everything runs on the corpus's device (CPU or GP
 from __future__ import annotations
 
 import operator
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,29 +52,61 @@ _SCORE_BUDGET = 1 << 25
 _BLOCKMAX_BUDGET = 1 << 22
 # Elements (16 MiB) of candidate rows gathered for rescoring at once.
 _GATHER_BUDGET = 1 << 22
+# util.semantic_search's default corpus_chunk_size: what None stands for.
+_UTIL_CORPUS_CHUNK = 500_000
 # torch.nn.functional.normalize's eps, so zero vectors score 0 as in util.semantic_search.
 _EPS = 1e-12
+
+
+def cos_sim(a: Any, b: Any) -> torch.Tensor:
+    """Cosine similarity of every row of A with every row of B, as sentence_transformers.util.cos_sim.
+
+    ``semantic_search``'s default ``score_function``: with it (or util.cos_sim itself) the
+    search takes the fast path below and never calls it. Defined here so that importing
+    hubembed does not import sentence-transformers.
+    """
+    import torch
+
+    a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
+    normalize = torch.nn.functional.normalize
+    return torch.mm(normalize(a, dim=1), normalize(b, dim=1).T)
 
 
 def semantic_search(
     query_embeddings: Any,
     corpus_embeddings: Any,
+    query_chunk_size: int = 100,
+    corpus_chunk_size: int | None = 500_000,
     top_k: int = 10,
+    score_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cos_sim,
     *,
-    corpus_chunk_size: int | None = None,
     normalized: bool = False,
     corpus_norms: Any = None,
 ) -> Hits:
-    """Cosine-similarity top-k of each query over the corpus.
+    """Top-k of each query over the corpus: sentence_transformers.util.semantic_search, faster.
 
+    Same parameters, in the same order, with the same defaults, and the same answer.
     Takes tensors or arrays: QUERY_EMBEDDINGS (q x d, or one vector of d) and
     CORPUS_EMBEDDINGS (N x d, any float dtype, on any device; queries are moved to it).
+    Returns, per query, ``min(top_k, N)`` hits ``{"corpus_id": int, "score": float}``, best
+    first.
+
+    ``score_function`` (default cosine similarity) scores a block of queries against a block
+    of corpus rows. Cosine (``cos_sim`` here or in sentence_transformers.util) and
+    util.dot_score take hubembed's fast path; any other function is called on chunks of
+    ``query_chunk_size`` queries and ``corpus_chunk_size`` rows, as util does.
+
+    On the fast path the chunk sizes bound memory as they do in util: at most
+    ``corpus_chunk_size`` corpus rows, and ``query_chunk_size * corpus_chunk_size`` scores,
+    at once (None: util's default). Within that, hubembed picks its own sizes (corpus chunks
+    of at most 64k rows on CPU, 256k on GPU, rounded down to a multiple of 32 when pruning).
+
+    Keyword-only, for cosine similarity only (other score functions ignore them):
     ``normalized=True`` promises the corpus rows are unit length and skips their norms;
     ``corpus_norms`` (N row norms, from ``row_norms``) saves computing them on every call.
-    ``corpus_chunk_size`` rows are scored at a time (default: 64k on CPU, 256k on GPU;
-    rounded down to a multiple of 32). Returns, per query, ``min(top_k, N)`` hits
-    ``{"corpus_id": int, "score": float}``, best first. Raises ValueError for shapes that do
-    not fit together, or a top_k or chunk size below 1.
+
+    Raises ValueError for shapes that do not fit together, a top_k or chunk size below 1, a
+    score_function that is not callable or gives scores of the wrong shape.
     """
     import torch
 
@@ -81,38 +117,99 @@ def semantic_search(
             f"query_embeddings have dimension {queries.shape[1]} but corpus_embeddings have dimension "
             f"{corpus.shape[1]}: embed the queries with the model (and truncate_dim) of the corpus"
         )
-    k = _positive_int(top_k, "top_k")
-    device = corpus.device
-    chunk = (
-        _default_chunk(device)
+    query_chunk = _positive_int(query_chunk_size, "query_chunk_size")
+    corpus_chunk = (
+        _UTIL_CORPUS_CHUNK
         if corpus_chunk_size is None
         else _positive_int(corpus_chunk_size, "corpus_chunk_size")
     )
+    k = _positive_int(top_k, "top_k")
+    if not callable(score_function):
+        raise ValueError(
+            f"score_function must be a function of (queries, corpus rows) giving their scores, "
+            f"got {score_function!r}"
+        )
+    device = corpus.device
     n = corpus.shape[0]
-    if n == 0 or queries.shape[0] == 0:
-        return [[] for _ in range(queries.shape[0])]
     dtype = torch.float64 if corpus.dtype == torch.float64 else torch.float32
     norms = None
-    if corpus_norms is not None and not normalized:
+    if corpus_norms is not None:
         norms = torch.as_tensor(corpus_norms)
         if norms.shape != (n,):
             raise ValueError(
                 f"corpus_norms has shape {tuple(norms.shape)}: give one norm per corpus row, shape ({n},)"
             )
-        norms = norms.to(device=device, dtype=dtype)
+        norms = None if normalized else norms.to(device=device, dtype=dtype)
+    if n == 0 or queries.shape[0] == 0:
+        return [[] for _ in range(queries.shape[0])]
 
     with torch.no_grad():
-        q = torch.nn.functional.normalize(queries.to(device=device, dtype=dtype), dim=1)
-        scan = _Scan(corpus, q.shape[0], dtype, min(k, n), chunk, normalized, norms)
-        groups = [scan.search(q[a : a + scan.group]) for a in range(0, q.shape[0], scan.group)]
-        values = torch.cat([v for v, _ in groups])
-        ids = torch.cat([i for _, i in groups])
+        kind = _builtin(score_function)
+        if kind is None:
+            values, ids = _general(queries.to(device), corpus, k, query_chunk, corpus_chunk, score_function)
+        else:
+            q = queries.to(device=device, dtype=dtype)
+            if kind == "cos":
+                q = torch.nn.functional.normalize(q, dim=1)
+            else:  # dot product: the cosine machinery without any norms
+                normalized, norms = True, None
+            chunk = min(corpus_chunk, _default_chunk(device))
+            budget = min(_SCORE_BUDGET, query_chunk * corpus_chunk)
+            scan = _Scan(corpus, q.shape[0], dtype, min(k, n), chunk, budget, normalized, norms)
+            groups = [scan.search(q[a : a + scan.group]) for a in range(0, q.shape[0], scan.group)]
+            values = torch.cat([v for v, _ in groups])
+            ids = torch.cat([i for _, i in groups])
         values, order = values.sort(dim=1, descending=True)
         ids = ids.gather(1, order)
     return [
         [{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores, strict=True)]
         for row_ids, row_scores in zip(ids.cpu().tolist(), values.cpu().tolist(), strict=True)
     ]
+
+
+def _builtin(score_function: Callable[..., Any]) -> str | None:
+    """The fast path's name ("cos", "dot") for SCORE_FUNCTION, or None if it has none."""
+    if score_function is cos_sim:
+        return "cos"
+    util = sys.modules.get("sentence_transformers.util")  # imported if the caller passed one of its functions
+    if util is not None:
+        if score_function is getattr(util, "cos_sim", None):
+            return "cos"
+        if score_function is getattr(util, "dot_score", None):
+            return "dot"
+    return None
+
+
+def _general(
+    queries: torch.Tensor,
+    corpus: torch.Tensor,
+    k: int,
+    query_chunk: int,
+    corpus_chunk: int,
+    score_function: Callable[[torch.Tensor, torch.Tensor], Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any score function, chunked as util.semantic_search: the k best (values, ids) per query."""
+    import torch
+
+    n = corpus.shape[0]
+    parts = []
+    for a in range(0, queries.shape[0], query_chunk):
+        chunk_queries = queries[a : a + query_chunk]
+        best = None
+        for start in range(0, n, corpus_chunk):
+            rows = corpus[start : start + corpus_chunk]
+            scores = torch.as_tensor(score_function(chunk_queries, rows))
+            if scores.shape != (chunk_queries.shape[0], rows.shape[0]):
+                raise ValueError(
+                    f"score_function gave scores of shape {tuple(scores.shape)} for "
+                    f"{chunk_queries.shape[0]} queries and {rows.shape[0]} corpus rows: it must give "
+                    f"one score per pair, shape ({chunk_queries.shape[0]}, {rows.shape[0]})"
+                )
+            values, ids = scores.topk(min(k, rows.shape[0]), dim=1, sorted=False)
+            best = _merge(best, values, ids + start, k)
+        assert best is not None
+        parts.append(best)
+    return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
 
 
 class _Scan:
@@ -125,6 +222,7 @@ class _Scan:
         dtype: torch.dtype,
         k: int,
         chunk: int,
+        budget: int,
         normalized: bool,
         norms: torch.Tensor | None,
     ) -> None:
@@ -138,7 +236,7 @@ class _Scan:
         if corpus.dtype != dtype and corpus.device.type == "cpu":
             chunk = min(chunk, _CPU_CONVERT_CHUNK)  # the float32 copy of a chunk is the big buffer
         self.chunk = min(n, max(_BLOCK, chunk - chunk % _BLOCK) if self.pruned else chunk)
-        self.group = max(1, min(queries, _SCORE_BUDGET // self.chunk))
+        self.group = max(1, min(queries, budget // self.chunk))
         device = corpus.device
         self.scores = torch.empty(self.group * self.chunk, dtype=dtype, device=device)
         self.converted = (

@@ -341,13 +341,19 @@ def bad_texts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def refuse_bad_texts(column: str, count: int, first: list[int]) -> InvalidTextError:
     """The error for COUNT null or empty texts, the first of them at rows FIRST (0-based)."""
-    shown = ", ".join(str(i) for i in first[:5])
+    shown = ", ".join(str(i + 1) for i in first[:5])
     more = f" and {count - len(first[:5])} more" if count > len(first[:5]) else ""
+    rows = "row" if count == 1 else "rows"
     return InvalidTextError(
-        f"column {column!r} has {count} null or empty texts (rows {shown}{more}); "
-        "fix them in the source, or pass --skip-empty to leave those rows out",
+        f"column {column!r} has {plural(count, 'null or empty text')} ({rows} {shown}{more}, counting "
+        "from 1); fix them in the source, or pass --skip-empty to leave those rows out",
         rows=first[:5],
     )
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 row', '2 rows'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 EMPTY_SOURCE = "the source dataset is empty: there is nothing to embed"

@@ -25,7 +25,7 @@ from .engines import EmbedRun, Engine
 from .errors import HubembedError, SourceError, TimeBudgetExceeded
 from .output import Output
 from .refresh import Checkpoint, ReuseIndex
-from .source import EMPTY_SOURCE, RowStream, all_texts_bad, bad_texts, refuse_bad_texts
+from .source import EMPTY_SOURCE, RowStream, all_texts_bad, bad_texts, plural, refuse_bad_texts
 from .vectors import unit_length
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def run_stream(
     if not stats.rows:
         raise all_texts_bad(column)
     if stats.skipped:
-        log.warning("skipped %d rows with null or empty %r (--skip-empty)", stats.skipped, column)
+        log.warning("skipped %s with null or empty %r (--skip-empty)", plural(stats.skipped, "row"), column)
     return stats
 
 

@@ -54,8 +54,8 @@ def test_null_and_empty_texts_are_refused_naming_the_rows(capsys, tmp_path, csv_
     code, output = cli(capsys, "build", csv_file(MIXED_JSONL, "in.jsonl"), str(dst))
     assert code == 2
     assert (
-        "column 'text' has 3 null or empty texts (rows 1, 3, 4); fix them in the source, or pass --skip-empty"
-        in output
+        "column 'text' has 3 null or empty texts (rows 2, 4, 5, counting from 1); fix them in the source, "
+        "or pass --skip-empty" in output
     )
     assert not dst.exists()
 

@@ -23,7 +23,7 @@ def test_cli_build_then_search_gives_the_blogs_top5(tmp_path, medicare_texts):
     hits = parse_hits(found.stdout)
     assert_blog_top5(hits)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    assert [h["text"] for h in hits] == [medicare_texts[i] for i, _ in MEDICARE_TOP5]
+    assert [h["row"]["text"] for h in hits] == [medicare_texts[i] for i, _ in MEDICARE_TOP5]
     plain = run_cli("-q", "search", str(dst), MEDICARE_QUERY, "-k", "2")
     first = plain.stdout.splitlines()[0].split(None, 2)
     assert first == ["1", "0.7565", medicare_texts[8]]

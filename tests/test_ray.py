@@ -458,7 +458,7 @@ def test_ray_applies_the_empty_text_policy_as_the_local_engine_does(ray_cluster,
     # The command as a user runs it, starting its own Ray.
     refused = run_cli("build", str(src), str(tmp_path / "o"), "--engine", "ray", "--workers", "1")
     assert refused.returncode == 2, refused.stderr
-    assert "column 'text' has 3 null or empty texts (rows 1, 3, 4)" in refused.stderr
+    assert "column 'text' has 3 null or empty texts (rows 2, 4, 5, counting from 1)" in refused.stderr
     assert not (tmp_path / "o").exists()
     _, factory = recording(tmp_path / "log")
     local = hubembed.build(

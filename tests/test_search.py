@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -59,10 +61,10 @@ def strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 def test_unnormalized_corpus_matches_util(n, chunk, top_k, strategy):
     corpus, queries = rand(n, D, seed=1, scale=3.0), rand(7, D, seed=2)
     want = util.semantic_search(queries, corpus, top_k=top_k)
-    assert_same_hits(semantic_search(queries, corpus, top_k, corpus_chunk_size=chunk), want)
+    assert_same_hits(semantic_search(queries, corpus, top_k=top_k, corpus_chunk_size=chunk), want)
     norms = row_norms(corpus)
     assert_same_hits(
-        semantic_search(queries, corpus, top_k, corpus_chunk_size=chunk, corpus_norms=norms), want
+        semantic_search(queries, corpus, top_k=top_k, corpus_chunk_size=chunk, corpus_norms=norms), want
     )
 
 
@@ -70,7 +72,9 @@ def test_unnormalized_corpus_matches_util(n, chunk, top_k, strategy):
 def test_unit_corpus_skips_norms_with_the_same_answer(chunk, strategy):
     corpus, queries = unit(12_345, D, seed=3), rand(5, D, seed=4)
     want = util.semantic_search(queries, corpus, top_k=10)
-    assert_same_hits(semantic_search(queries, corpus, 10, normalized=True, corpus_chunk_size=chunk), want)
+    assert_same_hits(
+        semantic_search(queries, corpus, top_k=10, normalized=True, corpus_chunk_size=chunk), want
+    )
 
 
 def test_tight_memory_budgets_give_the_same_hits(monkeypatch, strategy):
@@ -82,9 +86,9 @@ def test_tight_memory_budgets_give_the_same_hits(monkeypatch, strategy):
     monkeypatch.setattr(search, "_GATHER_BUDGET", 1000)  # rescoring one query at a time
     corpus, queries = rand(9000, D, seed=30, scale=2.0), rand(9, D, seed=31)
     want = util.semantic_search(queries, corpus, top_k=7)
-    assert_same_hits(semantic_search(queries, corpus, 7, corpus_chunk_size=1000), want)
+    assert_same_hits(semantic_search(queries, corpus, top_k=7, corpus_chunk_size=1000), want)
     assert_same_hits(
-        semantic_search(queries, corpus.half(), 7, corpus_chunk_size=1000),
+        semantic_search(queries, corpus.half(), top_k=7, corpus_chunk_size=1000),
         util.semantic_search(queries, corpus.half().float(), top_k=7),
     )
 
@@ -95,7 +99,7 @@ def test_best_hits_in_one_block_are_all_found(strategy):
     query = rand(D, seed=6)
     corpus[100:110] = query * torch.linspace(1, 2, 10).unsqueeze(1)  # cosine 1, all in block 1
     corpus[300] = query + 0.01 * rand(D, seed=7)
-    hits = semantic_search(query, corpus, 11)
+    hits = semantic_search(query, corpus, top_k=11)
     assert {h["corpus_id"] for h in hits[0][:10]} == set(range(100, 110))
     assert hits[0][10]["corpus_id"] == 300
     assert_same_hits(hits, util.semantic_search(query, corpus, top_k=11))
@@ -105,7 +109,7 @@ def test_ties_between_duplicate_rows(strategy):
     base = rand(50, D, seed=8)
     corpus = torch.cat([base] * 200)  # 10k rows, each score 200 times
     queries = rand(3, D, seed=9)
-    got = semantic_search(queries, corpus, 10, corpus_chunk_size=4096)
+    got = semantic_search(queries, corpus, top_k=10, corpus_chunk_size=4096)
     assert_same_hits(got, util.semantic_search(queries, corpus, top_k=10))
     for hits in got:
         assert len({h["corpus_id"] for h in hits}) == 10
@@ -115,20 +119,22 @@ def test_ties_between_duplicate_rows(strategy):
 def test_half_precision_corpus_is_scored_in_float32(dtype, strategy):
     corpus, queries = rand(6000, D, seed=10, scale=2.0).to(dtype), rand(4, D, seed=11)
     want = util.semantic_search(queries, corpus.float(), top_k=10)
-    assert_same_hits(semantic_search(queries, corpus, 10, corpus_chunk_size=2048), want)
+    assert_same_hits(semantic_search(queries, corpus, top_k=10, corpus_chunk_size=2048), want)
     norms = row_norms(corpus)
     assert norms.dtype == torch.float32
-    assert_same_hits(semantic_search(queries, corpus, 10, corpus_norms=norms), want)
+    assert_same_hits(semantic_search(queries, corpus, top_k=10, corpus_norms=norms), want)
 
 
 def test_float64_corpus(strategy):
     corpus, queries = rand(3000, D, seed=12).double(), rand(2, D, seed=13).double()
-    assert_same_hits(semantic_search(queries, corpus, 5), util.semantic_search(queries, corpus, top_k=5))
+    assert_same_hits(
+        semantic_search(queries, corpus, top_k=5), util.semantic_search(queries, corpus, top_k=5)
+    )
 
 
 def test_top_k_larger_than_the_corpus_returns_every_row_ranked(strategy):
     corpus, queries = rand(7, D, seed=14), rand(2, D, seed=15)
-    got = semantic_search(queries, corpus, 50, corpus_chunk_size=3)
+    got = semantic_search(queries, corpus, top_k=50, corpus_chunk_size=3)
     assert [sorted(h["corpus_id"] for h in hits) for hits in got] == [list(range(7))] * 2
     assert_same_hits(got, util.semantic_search(queries, corpus, top_k=50))
 
@@ -136,7 +142,7 @@ def test_top_k_larger_than_the_corpus_returns_every_row_ranked(strategy):
 def test_one_vector_and_numpy_input():
     corpus, query = rand(500, D, seed=16), rand(D, seed=17)
     want = util.semantic_search(query, corpus, top_k=4)
-    got = semantic_search(query.numpy(), corpus.numpy(), 4)
+    got = semantic_search(query.numpy(), corpus.numpy(), top_k=4)
     assert len(got) == 1
     assert_same_hits(got, want)
 
@@ -146,14 +152,148 @@ def test_zero_vectors_score_zero_like_util(strategy):
     corpus[5] = 0
     query = -corpus[:1]  # every other row scores about 0 or below; the zero row scores exactly 0
     want = util.semantic_search(query, corpus, top_k=300)
-    got = semantic_search(query, corpus, 300)
+    got = semantic_search(query, corpus, top_k=300)
     assert_same_hits(got, want)
     assert {h["corpus_id"]: h["score"] for h in got[0]}[5] == 0.0
 
 
 def test_empty_corpus_or_queries():
-    assert semantic_search(rand(2, D), torch.empty(0, D), 3) == [[], []]
-    assert semantic_search(torch.empty(0, D), rand(5, D), 3) == []
+    assert semantic_search(rand(2, D), torch.empty(0, D), top_k=3) == [[], []]
+    assert semantic_search(torch.empty(0, D), rand(5, D), top_k=3) == []
+
+
+# util.semantic_search's whole signature: query_chunk_size, corpus_chunk_size, top_k, score_function.
+
+
+def corpus_of(n: int, unit_rows: bool, seed: int) -> torch.Tensor:
+    """Unit-length rows, or rows of random lengths from 0.1 to 5."""
+    if unit_rows:
+        return unit(n, D, seed=seed)
+    lengths = torch.rand(n, 1, generator=torch.Generator().manual_seed(seed + 1000)) * 4.9 + 0.1
+    return unit(n, D, seed=seed) * lengths
+
+
+UNIT_ROWS = pytest.mark.parametrize("unit_rows", [True, False], ids=["unit-rows", "unnormalised"])
+
+
+@UNIT_ROWS
+def test_the_issues_call_with_utils_keywords(unit_rows, strategy):
+    corpus, queries = corpus_of(3000, unit_rows, seed=40), rand(12, D, seed=41)
+    kwargs = {"top_k": 10, "query_chunk_size": 5, "corpus_chunk_size": 17}
+    got = semantic_search(queries, corpus, **kwargs)
+    assert [len(hits) for hits in got] == [10] * 12
+    assert_same_hits(got, util.semantic_search(queries, corpus, **kwargs))
+
+
+@UNIT_ROWS
+def test_positional_arguments_in_utils_order(unit_rows, strategy):
+    """(q, c, 5, 17, 3): query_chunk_size=5, corpus_chunk_size=17, top_k=3, as in util."""
+    corpus, queries = corpus_of(2000, unit_rows, seed=42), rand(11, D, seed=43)
+    got = semantic_search(queries, corpus, 5, 17, 3)
+    assert [len(hits) for hits in got] == [3] * 11
+    assert_same_hits(got, util.semantic_search(queries, corpus, 5, 17, 3))
+    assert_same_hits(
+        semantic_search(queries, corpus, 100, 500_000, 4, util.cos_sim),
+        util.semantic_search(queries, corpus, 100, 500_000, 4, util.cos_sim),
+    )
+
+
+@UNIT_ROWS
+@pytest.mark.parametrize(
+    "chunks", [{}, {"query_chunk_size": 5, "corpus_chunk_size": 17}], ids=["default", "small"]
+)
+def test_dot_score_matches_util(unit_rows, chunks, strategy):
+    corpus, queries = corpus_of(5000, unit_rows, seed=44), rand(9, D, seed=45, scale=2.0)
+    kwargs = {"top_k": 8, "score_function": util.dot_score, **chunks}
+    got = semantic_search(queries, corpus, **kwargs)
+    assert_same_hits(got, util.semantic_search(queries, corpus, **kwargs), atol=1e-4)
+    if not unit_rows:  # not cosine: the longest rows win
+        cosine = semantic_search(queries, corpus, top_k=8)
+        assert [h["corpus_id"] for h in got[0]] != [h["corpus_id"] for h in cosine[0]]
+
+
+def negative_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return -torch.cdist(a, b)
+
+
+@UNIT_ROWS
+@pytest.mark.parametrize(
+    "score_function",
+    [negative_distance, lambda a, b: util.cos_sim(a, b) * 2 - 1],
+    ids=["negative-distance", "lambda"],
+)
+@pytest.mark.parametrize(
+    "chunks", [{}, {"query_chunk_size": 4, "corpus_chunk_size": 100}], ids=["default", "small"]
+)
+def test_custom_score_function_matches_util(unit_rows, score_function, chunks):
+    corpus, queries = corpus_of(1500, unit_rows, seed=46), rand(7, D, seed=47)
+    kwargs = {"top_k": 6, "score_function": score_function, **chunks}
+    assert_same_hits(
+        semantic_search(queries, corpus, **kwargs), util.semantic_search(queries, corpus, **kwargs), atol=1e-4
+    )
+
+
+def test_score_function_may_return_an_array():
+    corpus, queries = rand(300, D, seed=54), rand(3, D, seed=55)
+    got = semantic_search(queries, corpus, 2, 50, score_function=lambda a, b: (a @ b.T).numpy())
+    assert_same_hits(got, util.semantic_search(queries, corpus, score_function=util.dot_score))
+
+
+def test_cosine_and_dot_score_take_the_fast_path(monkeypatch):
+    """Cosine (ours or util's) and util.dot_score never call the function; others go through it."""
+    import hubembed.search as search
+
+    scans: list[tuple[int, int]] = []
+
+    class Spy(search._Scan):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            scans.append((self.group, self.chunk))
+
+    monkeypatch.setattr(search, "_Scan", Spy)
+    monkeypatch.setattr(search, "_PRUNE_FACTOR", 10**9)  # chunks exactly as asked
+    corpus, queries = rand(500, D, seed=48), rand(30, D, seed=49)
+    for score_function in (search.cos_sim, util.cos_sim, util.dot_score):
+        semantic_search(queries, corpus, score_function=score_function)
+    assert len(scans) == 3
+    calls = []
+
+    def counted(a, b):
+        calls.append((a.shape[0], b.shape[0]))
+        return util.cos_sim(a, b)
+
+    semantic_search(queries, corpus, 8, 300, score_function=counted)
+    assert len(scans) == 3
+    assert calls == [(8, 300), (8, 200)] * 3 + [(6, 300), (6, 200)]
+    # util's chunk sizes bound the fast path's memory: at most 5 x 17 scores at once.
+    semantic_search(queries, corpus, 5, 17)
+    group, chunk = scans[-1]
+    assert chunk <= 17 and group * chunk <= 5 * 17
+
+
+def test_signature_is_utils_then_keyword_only_extras():
+    import hubembed.search as search
+
+    ours = inspect.signature(semantic_search).parameters
+    theirs = inspect.signature(util.semantic_search).parameters
+    assert list(ours)[: len(theirs)] == list(theirs)
+    for name, param in theirs.items():
+        assert ours[name].kind == param.kind, name
+        if name != "score_function":
+            assert ours[name].default == param.default, name
+    assert (
+        ours["score_function"].default is search.cos_sim
+    )  # util.cos_sim without importing sentence-transformers
+    a, b = rand(4, D, seed=50), rand(9, D, seed=51, scale=3.0)
+    torch.testing.assert_close(search.cos_sim(a, b), util.cos_sim(a, b))
+    extras = list(ours)[len(theirs) :]
+    assert extras == ["normalized", "corpus_norms"]
+    assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in extras)
+
+
+def test_none_corpus_chunk_size_is_utils_default():
+    corpus, queries = rand(800, D, seed=52), rand(3, D, seed=53)
+    assert semantic_search(queries, corpus, corpus_chunk_size=None) == semantic_search(queries, corpus)
 
 
 @pytest.mark.parametrize(
@@ -166,6 +306,14 @@ def test_empty_corpus_or_queries():
         ({"top_k": 0}, "top_k must be at least 1"),
         ({"top_k": 2.5}, "top_k must be a whole number"),
         ({"corpus_chunk_size": 0}, "corpus_chunk_size must be at least 1"),
+        ({"query_chunk_size": 0}, "query_chunk_size must be at least 1"),
+        ({"query_chunk_size": -3, "score_function": util.dot_score}, "query_chunk_size must be at least 1"),
+        ({"corpus_chunk_size": 0, "score_function": torch.cdist}, "corpus_chunk_size must be at least 1"),
+        ({"score_function": "cos_sim"}, "score_function must be a function"),
+        (
+            {"score_function": lambda a, b: util.dot_score(a, b)[:, :1]},
+            r"one score per pair, shape \(2, 10\)",
+        ),
         ({"corpus_norms": torch.ones(3)}, r"one norm per corpus row, shape \(10,\)"),
         ({"corpus_embeddings": rand(2, 3, 4)}, r"matrix of vectors \(n x d\), got shape \(2, 3, 4\)"),
         ({"corpus_embeddings": rand(10, D).to_sparse()}, "sparse"),

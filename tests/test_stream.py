@@ -96,12 +96,14 @@ def test_a_null_text_far_into_the_stream_is_refused_and_the_work_before_it_is_ke
     first = Recorder(seconds_per_call=0.01)
     with pytest.raises(InvalidTextError) as refused:
         build(src, tmp_path / "out", first)
-    assert "column 'text' has 3 null or empty texts (rows 150, 170, 199)" in str(refused.value)
+    assert "column 'text' has 3 null or empty texts (rows 151, 171, 200, counting from 1)" in str(
+        refused.value
+    )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     assert sorted(first.seen) == sorted(texts[:144])  # 9 blocks of 16 before the one with row 150
     # The CLI says the same, exit 2.
     assert main(["build", str(src), str(tmp_path / "out")]) == 2
-    assert "rows 150, 170, 199" in capsys.readouterr().err
+    assert "rows 151, 171, 200" in capsys.readouterr().err
     # Fixed, the build embeds only what the refused one did not.
     write_parquet(src, texts)
     second = Recorder()
