@@ -115,8 +115,32 @@ def render_card(
         )
     card_data["configs"] = [{"config_name": "default", "data_files": [{"split": split, "path": data_files}]}]
     card_data["tags"] = ["embeddings", "hubembed"]
+    # What the Hub indexes and shows: where the rows came from, what they are for, how many.
+    src = record.source
+    card_data["pretty_name"] = f"Embeddings of {_source_name(src)}"
+    if src.get("kind") == "hub":
+        card_data["source_datasets"] = [f"extended|{src['id']}"]
+    card_data["task_categories"] = ["feature-extraction", "sentence-similarity"]
+    card_data["size_categories"] = [size_category(record.rows)]
     card_data[METADATA_KEY] = record.to_dict()
     return f"---\n{card_data.to_yaml()}\n---\n{_body(record, dst)}"
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size_categories bucket for ROWS: n<1K, 1K<n<10K, ... n>1T."""
+    names = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
+    if rows < 1000:
+        return "n<1K"
+    for i, upper in enumerate(names[1:], start=1):
+        if rows < 1000 * 10**i:
+            return f"{names[i - 1]}<n<{upper}"
+    return "n>1T"
+
+
+def _source_name(src: dict[str, Any]) -> str:
+    # A local source by its file or folder name: its full path says nothing on the Hub.
+    name = str(src.get("id", ""))
+    return name if src.get("kind") == "hub" else name.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _body(record: BuildRecord, dst: str) -> str:
@@ -144,8 +168,7 @@ def _body(record: BuildRecord, dst: str) -> str:
     return f"""
 # Embeddings of `{src["id"]}`
 
-Each row of `{src["id"]}` with an `{record.embedding_column}` column added by
-[hubembed](https://github.com/hubembed/hubembed).
+Each row of `{src["id"]}` with an `{record.embedding_column}` column added by hubembed.
 
 | | |
 |---|---|

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -181,7 +181,7 @@ def build(
         record.dimension = stats.dimension
         record.rows = stats.rows
         record.skipped_rows = stats.skipped
-        record.created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        record.created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         output.finish(record)
         location = sink.publish(staged, message)
     except BaseException:

@@ -7,14 +7,23 @@ or, given ``uses=``, one job calling that reusable workflow.
 
 Every value the user gives reaches the shell through ``env:``, quoted by the YAML emitter, and
 none may hold ``${{``: GitHub would evaluate it as an expression.
+
+What the workflow pip installs is pinned to the hubembed running here (`installed_package`): the
+release from the index, or the VCS URL and commit pip recorded (PEP 610 ``direct_url.json``). A
+local or editable install cannot be installed by a runner: then ``package=`` (``--package``)
+must say what to install.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import shlex
+import subprocess
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,11 +74,13 @@ def render_workflow(
     SRC: a Hub dataset id, ``sample:NAME``, or a relative path in the repository (then the
     workflow checks the repository out; ``checkout`` overrides the guess). DST: a Hub dataset
     id. ``build_args`` are more `hubembed build` options; a ``--model`` among them keys the
-    model cache. ``package`` is what pip installs (default: this version of hubembed, so the
-    schedule runs what you tried). ``uses``: call that reusable workflow
+    model cache. ``package`` is what pip installs, written as given (default: the hubembed
+    installed here, as `installed_package` pins it, so the schedule runs what you tried).
+    ``uses``: call that reusable workflow
     (``owner/repo/.github/workflows/hubembed-refresh.yml@<commit sha>``) instead of inlining
     its steps. ``keepalive`` adds the job that keeps GitHub from disabling the schedule.
-    Raises UsageError for a value that cannot go into a workflow.
+    Raises UsageError for a value that cannot go into a workflow, and when ``package`` is not
+    given and hubembed is installed from a local folder or file.
     """
     local_src = _check_src(src)
     dst = _check_dst(dst)
@@ -79,7 +90,9 @@ def render_workflow(
     model = _check_text("--model", model or found or config.DEFAULT_MODEL)
     if column is not None:
         column = _check_text("--column", column)
-    package = _check_text("package", package or f"hubembed=={__version__}")
+    package = _check_text("package", installed_package() if package is None else package)
+    if "OWNER/REPO" in package or "<full commit sha>" in package:
+        raise UsageError(f"package {package!r} still holds a placeholder: give a real repository and commit")
     python_version = _check_text("python version", python_version)
     torch_index_url = _check_text("torch index url", torch_index_url, empty_ok=True)
     if not isinstance(timeout_minutes, int) or not 5 <= timeout_minutes <= 360:
@@ -175,7 +188,13 @@ def add_workflow_parser(
     i.add_argument("--column", help="the text column (default: the only string column)")
     i.add_argument("--cron", default=DEFAULT_CRON, help=f"when to run, in UTC (default: {DEFAULT_CRON!r})")
     i.add_argument("--force", action="store_true", help="replace an existing workflow file")
-    i.add_argument("--package", help=f"what pip installs (default: hubembed=={__version__})")
+    i.add_argument(
+        "--package",
+        metavar="SPEC",
+        help="what the workflow pip installs, written as given, e.g. hubembed==X.Y.Z or "
+        "git+https://github.com/OWNER/REPO@COMMIT (default: the hubembed installed here, pinned: its "
+        "release, or the VCS URL and commit pip recorded; a local or editable install needs --package)",
+    )
     i.add_argument("--uses", help="call this reusable workflow instead of inlining the steps")
     i.add_argument("--repo-root", type=Path, help="the repository (default: the git repository here)")
     i.add_argument(
@@ -231,6 +250,162 @@ def run_workflow_command(args: argparse.Namespace) -> int:
             f"  3. run it once now: gh workflow run {WORKFLOW_PATH.name}"
         )
     return 0
+
+
+# --- what the workflow installs ------------------------------------------------------------------
+
+_ASK_PACKAGE = (
+    "a GitHub runner cannot install it. Say what the workflow should install with --package SPEC "
+    "(package= in Python), e.g. --package hubembed==X.Y.Z (a release on PyPI) or --package {example}"
+)
+_EXAMPLE_PACKAGE = "git+https://github.com/OWNER/REPO@<full commit sha>"
+
+
+def installed_package() -> str:
+    """What pip should install on a runner to get the hubembed running here, pinned.
+
+    Installed from an index: ``hubembed==VERSION``; from a VCS: ``git+URL@COMMIT`` (pip's record,
+    PEP 610). Raises UsageError for a local or editable install, or a source tree on sys.path.
+    """
+    return package_spec(*_running_install())
+
+
+def package_spec(version: str, direct_url: str | None) -> str:
+    """The pip spec that reinstalls a hubembed VERSION whose ``direct_url.json`` is DIRECT_URL.
+
+    None (installed from an index): ``hubembed==VERSION``. A VCS URL: ``vcs+URL@COMMIT``. An
+    https archive: its URL, with its hash. Raises UsageError for a local folder (editable or
+    not), a local file or repository, a URL holding credentials, or a record it cannot read.
+    """
+    if direct_url is None:
+        return f"hubembed=={version}"
+    try:
+        info = json.loads(direct_url)
+    except ValueError:
+        info = None
+    url = info.get("url") if isinstance(info, dict) else None
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:
+        parts = None
+    if not isinstance(info, dict) or not isinstance(url, str) or parts is None:
+        raise UsageError(f"hubembed {version}: pip's record of where it came from is unreadable; " + _ask())
+    if parts.scheme == "file" or "dir_info" in info:
+        dir_info = info.get("dir_info")
+        how = (
+            "an editable install" if isinstance(dir_info, dict) and dir_info.get("editable") else "installed"
+        )
+        raise UsageError(
+            f"hubembed {version} is {how} from the local {_local_name(url)}, so "
+            + _ask(_file_path(url) if "dir_info" in info else None)
+        )
+    # Never show what stands before an @ in the host part: a user name, a token or a password.
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if parts.scheme != "https" or not parts.hostname or any(c.isspace() for c in url):
+        raise UsageError(f"hubembed {version} was installed from {shown!r}, not an https URL, so " + _ask())
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"hubembed {version} was installed from {shown!r} with credentials in the URL; " + _ask()
+        )
+    subdirectory = info.get("subdirectory")
+    fragments = [f"subdirectory={subdirectory}"] if isinstance(subdirectory, str) and subdirectory else []
+    vcs = info.get("vcs_info")
+    if isinstance(vcs, dict):
+        kind, commit = vcs.get("vcs"), vcs.get("commit_id")
+        if not (isinstance(kind, str) and re.fullmatch(r"[a-z]+", kind)):
+            raise UsageError(f"hubembed {version}: pip's record names no version control system; " + _ask())
+        if not (isinstance(commit, str) and re.fullmatch(r"[\w.-]+", commit)):
+            raise UsageError(f"hubembed {version}: pip's record of {shown} has no commit; " + _ask())
+        return f"{kind}+{url}@{commit}" + "".join(f"#{f}" for f in fragments)
+    archive = info.get("archive_info")
+    if isinstance(archive, dict):
+        hashes = archive.get("hashes")
+        if not isinstance(hashes, dict):
+            legacy = archive.get("hash")
+            hashes = dict([legacy.split("=", 1)]) if isinstance(legacy, str) and "=" in legacy else {}
+        # pip checks the download against a hash in the fragment.
+        for name in ("sha256", "sha384", "sha512"):
+            if isinstance(hashes.get(name), str) and re.fullmatch(r"[0-9a-f]+", hashes[name]):
+                fragments.insert(0, f"{name}={hashes[name]}")
+                break
+        return url + ("#" + "&".join(fragments) if fragments else "")
+    raise UsageError(
+        f"hubembed {version}: pip's record of {shown} is neither a VCS nor an archive; " + _ask()
+    )
+
+
+def _ask(folder: Path | None = None) -> str:
+    return _ASK_PACKAGE.format(example=(folder and _git_package(folder)) or _EXAMPLE_PACKAGE)
+
+
+def _local_name(url: str) -> str:
+    path = _file_path(url)
+    kind = "folder" if path is not None and path.is_dir() else "file"
+    return f"{kind} {str(path) if path is not None else url!r}"
+
+
+def _file_path(url: object) -> Path | None:
+    if not isinstance(url, str):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    return Path(urllib.request.url2pathname(parts.path)) if parts.scheme == "file" else None
+
+
+def _git_package(folder: Path) -> str | None:
+    """``git+https://HOST/PATH@HEAD`` for a git checkout whose origin is a public-looking remote."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        origin, head = git("remote", "get-url", "origin"), git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    scp = re.fullmatch(r"[\w.-]+@([\w.-]+):(?!/)(\S+)", origin)  # git@github.com:owner/repo.git
+    if scp:
+        origin = f"https://{scp[1]}/{scp[2]}"
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme == "ssh" and parts.hostname:
+        origin = f"https://{parts.hostname}{parts.path}"
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme != "https" or parts.username or parts.password or not re.fullmatch(r"[0-9a-f]{40}", head):
+        return None
+    return f"git+{origin}@{head} (the commit checked out in {folder}, once pushed)"
+
+
+def _running_install() -> tuple[str, str | None]:
+    """(version, direct_url.json or None) of the installed distribution this hubembed runs from.
+
+    The distribution must hold this very module (or, editable, point at its folder): a source
+    tree on sys.path (its hubembed.egg-info, say) shadows whatever is installed.
+    """
+    import importlib.metadata
+
+    init = Path(__file__).resolve().with_name("__init__.py")
+    for dist in importlib.metadata.distributions(name="hubembed"):
+        direct = dist.read_text("direct_url.json")
+        try:
+            info = json.loads(direct) if direct else {}
+        except ValueError:
+            info = {}
+        dir_info = info.get("dir_info") if isinstance(info, dict) else None
+        if isinstance(dir_info, dict) and dir_info.get("editable"):
+            folder = _file_path(info.get("url"))
+            if folder is not None and init.is_relative_to(folder.resolve()):
+                return dist.version, direct
+            continue
+        if dist.read_text("RECORD") is None and dist.read_text("installed-files.txt") is None:
+            continue  # the metadata of a source tree, not of an installation
+        for file in dist.files or ():
+            if file.name == "__init__.py" and Path(str(dist.locate_file(file))).resolve() == init:
+                return dist.version, direct
+    raise UsageError(
+        f"hubembed runs from {init.parent}, which no installed distribution holds (a source tree on "
+        "sys.path?), so " + _ask(init.parent.parent)
+    )
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -491,6 +666,13 @@ _INLINE_JOB = (
       - name: Install hubembed
         id: install
         run: |
+          # A package left empty or holding the placeholder OWNER/REPO stops here, before any install.
+          case "$HUBEMBED_PACKAGE" in
+            "" | *OWNER/REPO*)
+              echo "::error::set package to what pip installs: hubembed==X.Y.Z (a release on PyPI) or git+https://github.com/<owner>/<repo>@<full commit sha>"
+              exit 1
+              ;;
+          esac
           if [ -n "$TORCH_INDEX_URL" ]; then
             python -m pip install torch --index-url "$TORCH_INDEX_URL"
           fi

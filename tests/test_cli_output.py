@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,19 @@ def test_blog_layout_search_says_why_there_is_no_text_and_a_layout_change_says_s
     code, out, err = cli(capsys, "build", "sample:medicare-faqs", dst)
     assert code == 0 and "the layout changed (blog -> default)" in err
     assert "settings changed" not in err
+
+
+def test_the_card_carries_what_the_hub_indexes_and_no_dead_link(hub, alice, repo_name):
+    import yaml
+    from huggingface_hub import hf_hub_download
+
+    src = f"alice/{repo_name}-src"
+    hub.create_repo(src, files={"data/train.csv": b"text\nWhat is Part A?\nWhat is Part B?\n"})
+    hubembed.build(src, f"alice/{repo_name}", progress=False)
+    card = Path(hf_hub_download(f"alice/{repo_name}", "README.md", repo_type="dataset")).read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["pretty_name"] == f"Embeddings of {src}"
+    assert meta["source_datasets"] == [f"extended|{src}"]
+    assert meta["task_categories"] == ["feature-extraction", "sentence-similarity"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert "](http" not in card  # no link to a page that may not exist
