@@ -52,6 +52,8 @@ class BuildRecord:
     dimension: int = 0
     rows: int = 0
     skipped_rows: int = 0
+    max_seq_length: int | None = None  # tokens the model reads; None where not known
+    truncated_texts: int | None = None  # texts longer than that, cut short; None: not counted
     source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
     layout: str = "default"
     embedding_column: str = "embedding"
@@ -126,6 +128,14 @@ def render_card(
     return f"---\n{card_data.to_yaml()}\n---\n{_body(record, dst)}"
 
 
+def truncation_note(truncated: int | None, rows: int, limit: int | None) -> str:
+    """ "312 of 10,000 texts were longer than 256 tokens and were truncated", or why not known."""
+    if truncated is None or limit is None:
+        return "not counted (the model's tokenizer was not at hand)"
+    noun, verb = ("text" if rows == 1 else "texts"), ("was" if truncated == 1 else "were")
+    return f"{truncated:,} of {rows:,} {noun} {verb} longer than {limit} tokens and {verb} truncated"
+
+
 def size_category(rows: int) -> str:
     """The Hub's size_categories bucket for ROWS: n<1K, 1K<n<10K, ... n>1T."""
     names = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
@@ -156,6 +166,7 @@ def _body(record: BuildRecord, dst: str) -> str:
         ("Source", f"`{src['id']}` @ `{src['revision']}`"),
         ("Config / split / column", f"{src['config'] or 'default'} / {src['split']} / `{src['column']}`"),
         ("Rows", f"{record.rows}{skipped}"),
+        ("Truncated", truncation_note(record.truncated_texts, record.rows, record.max_seq_length)),
         (
             "Built with",
             f"hubembed {record.hubembed_version} ({record.engine} engine) on {record.created_at}",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import config
-from .card import BuildRecord, read_metadata
+from .card import BuildRecord, read_metadata, truncation_note
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
 from .errors import DestinationError
@@ -29,6 +29,7 @@ from .retry import Deadline, RetryPolicy
 from .sink import Sink, open_sink
 from .source import choose_column, open_stream, resolve_source
 from .stream import run_stream
+from .tokens import TruncationCounter
 
 log = logging.getLogger("hubembed")
 
@@ -86,7 +87,7 @@ def build(
     sink.preflight()
     previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
 
-    make, model_fields = _embedder(opts, token, embedder_factory)
+    make, model_fields, counter = _embedder(opts, token, embedder_factory)
     resolved = resolve_source(
         s.src, revision=s.revision, config_name=s.config_name, split=s.split, token=token
     )
@@ -103,6 +104,7 @@ def build(
         hash_column=HASH_COLUMN if o.layout == "default" else None,
         engine=g.engine,
         hubembed_version=_version(),
+        max_seq_length=counter.max_tokens if counter is not None else None,
     )
     settings_key = record.fingerprint()
     same_settings = previous is not None and previous.fingerprint() == settings_key
@@ -166,6 +168,7 @@ def build(
                 output=output,
                 skip_empty=s.skip_empty,
                 progress=progress,
+                counter=counter,
             )
         finally:
             engine.close()
@@ -181,6 +184,7 @@ def build(
         record.dimension = stats.dimension
         record.rows = stats.rows
         record.skipped_rows = stats.skipped
+        record.truncated_texts = stats.truncated
         record.created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         output.finish(record)
         location = sink.publish(staged, message)
@@ -189,6 +193,8 @@ def build(
         raise
     checkpoint.clear()
     checkpoint.prune_stale()
+    if stats.truncated:
+        log.warning("%s", truncation_note(stats.truncated, stats.rows, record.max_seq_length))
     log.debug("embedded %d texts, reused %d", stats.embedded, stats.rows - stats.embedded)
     return BuildResult(
         sink.ref, location, stats.rows, stats.dimension, stats.embedded, False, record.to_dict()
@@ -197,20 +203,22 @@ def build(
 
 def _embedder(
     opts: BuildOptions, token: str | None, factory: EmbedderFactory | None
-) -> tuple[MakeEmbedder, dict[str, Any]]:
-    """How to make the embedder (where it runs: here, or on each Ray actor), and the card's
-    model fields. The model is resolved here, once; the device where the model loads."""
+) -> tuple[MakeEmbedder, dict[str, Any], TruncationCounter | None]:
+    """How to make the embedder (where it runs: here, or on each Ray actor), the card's model
+    fields, and what counts the texts the model cuts short (None: a remote model or a given
+    embedder, whose tokenizer is not at hand). The model is resolved here, once; the device
+    where the model loads."""
     e = opts.embedding
     settings = e.settings
     if factory is not None:
         embedder, meta = factory(settings)
         fields = {k: meta.get(k) for k in ("model", "model_revision", "model_origin")}
         query = {k: meta.get(k) for k in _NO_QUERY}
-        return partial(_made, embedder, query), fields
+        return partial(_made, embedder, query), fields, None
     if e.remote:
         origin = f"remote ({e.remote})"
         make = partial(_remote_embedder, e.remote, e.api, e.model, settings, token, e.concurrency)
-        return make, {"model": e.model, "model_revision": e.model_revision, "model_origin": origin}
+        return make, {"model": e.model, "model_revision": e.model_revision, "model_origin": origin}, None
     resolved = resolve_model(e.model, revision=e.model_revision, token=token)
     # Refused before the source is read or the model loads (seconds): a prompt the model's
     # config does not have, a GPU this machine does not have (on Ray, the workers' GPUs count).
@@ -220,13 +228,14 @@ def _embedder(
     make = partial(
         _local_embedder, resolved, e.device, e.trust_remote_code, settings, token, e.backend, e.batch_size
     )
-    return make, {
+    fields = {
         "model": resolved.model_id,
         "model_revision": resolved.revision,
         "model_origin": resolved.origin,
         "backend": e.backend,  # not in the settings fingerprint: onnx gives torch's vectors
         "precision": e.precision,  # in the fingerprint: int8 vectors are close, not the same
     }
+    return make, fields, TruncationCounter.for_model(resolved, settings, token)
 
 
 def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:

@@ -26,6 +26,7 @@ from .errors import HubembedError, SourceError, TimeBudgetExceeded
 from .output import Output
 from .refresh import Checkpoint, ReuseIndex
 from .source import EMPTY_SOURCE, RowStream, all_texts_bad, bad_texts, plural, refuse_bad_texts
+from .tokens import TruncationCounter
 from .vectors import unit_length
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class StreamStats:
     embedded: int = 0  # texts embedded by this run
     dimension: int = 0
     normalized: bool = True
+    truncated: int | None = None  # texts longer than the model reads; None: not counted
 
 
 @dataclass
@@ -57,6 +59,7 @@ class _Block:
     texts: pa.ChunkedArray
     bad: np.ndarray  # null or blank texts
     digests: np.ndarray  # S32 sha256 of each text
+    truncated: int = 0  # of the good texts, how many the model cuts short
 
 
 def run_stream(
@@ -70,6 +73,7 @@ def run_stream(
     output: Output,
     skip_empty: bool,
     progress: bool | None = None,
+    counter: TruncationCounter | None = None,
 ) -> StreamStats:
     """Embed column COLUMN of ROWS into OUTPUT, reusing REUSE's vectors, checkpointing the new ones.
 
@@ -79,13 +83,13 @@ def run_stream(
     """
     from tqdm.auto import tqdm
 
-    stats = StreamStats()
+    stats = StreamStats(truncated=0 if counter is not None else None)
     refused: list[int] = []  # the first bad rows, 0-based, when they are refused
     refused_count = 0
     seen = 0
     stop = threading.Event()
     counting = threading.Event()  # texts are refused: the reader only finds the bad ones
-    reader = _Thread(lambda put: _read(rows, column, put, counting), stop)
+    reader = _Thread(lambda put: _read(rows, column, put, counting, counter), stop)
     writer = _Writer(output, stop)
     bar = tqdm(
         total=rows.count(), unit="row", desc="embedding", disable=None if progress is None else not progress
@@ -113,7 +117,11 @@ def run_stream(
                 keep = ~block.bad
                 stats.skipped += int(block.bad.sum())
                 block = _Block(
-                    block.table.filter(keep), block.texts.filter(keep), block.bad[keep], block.digests[keep]
+                    block.table.filter(keep),
+                    block.texts.filter(keep),
+                    block.bad[keep],
+                    block.digests[keep],
+                    block.truncated,
                 )
             if not len(block.digests):
                 bar.update(n)
@@ -127,6 +135,8 @@ def run_stream(
             stats.normalized &= unit_length(vectors)
             stats.embedded += embedded
             stats.rows += len(vectors)
+            if stats.truncated is not None:
+                stats.truncated += block.truncated
             writer.put((block.table, vectors, block.digests))
             bar.update(n - embedded)
             bar.set_postfix_str(
@@ -155,9 +165,15 @@ def run_stream(
     return stats
 
 
-def _read(rows: RowStream, column: str, put: Callable[[Any], None], counting: threading.Event) -> None:
-    """The reader thread: each block with its texts' null/empty mask and sha256 digests (once
-    COUNTING is set, the mask alone)."""
+def _read(
+    rows: RowStream,
+    column: str,
+    put: Callable[[Any], None],
+    counting: threading.Event,
+    counter: TruncationCounter | None,
+) -> None:
+    """The reader thread: each block with its texts' null/empty mask, sha256 digests and how
+    many the model will cut short (once COUNTING is set, the mask alone)."""
     sha256 = hashlib.sha256
     for table in rows.blocks():
         texts = table.column(column)
@@ -169,7 +185,8 @@ def _read(rows: RowStream, column: str, put: Callable[[Any], None], counting: th
         digests = b"".join(
             _NO_DIGEST if b else sha256(t.encode("utf-8")).digest() for t, b in zip(values, bad, strict=True)
         )
-        put(_Block(table, texts, bad, np.frombuffer(digests, dtype="S32")))
+        truncated = counter.count(texts, ~bad) if counter is not None else 0
+        put(_Block(table, texts, bad, np.frombuffer(digests, dtype="S32"), truncated))
 
 
 def _vectors(

@@ -183,3 +183,32 @@ def test_the_card_carries_what_the_hub_indexes_and_no_dead_link(hub, alice, repo
     assert meta["task_categories"] == ["feature-extraction", "sentence-similarity"]
     assert meta["size_categories"] == ["n<1K"]
     assert "](http" not in card  # no link to a page that may not exist
+
+
+def test_texts_longer_than_the_model_reads_are_counted_on_every_build_and_in_the_card(
+    capsys, tmp_path, st_model
+):
+    words = " ".join(f"coverage{i}" for i in range(300))  # far past 256 tokens
+    texts = [
+        "What is Medicare?",
+        words,
+        "é" * 300,  # 300 characters, 600 bytes, yet only a few tokens: counted, not cut
+        "Part B coverage " * 120,  # 360 tokens
+        "a " * 250,  # 250 words: 252 tokens with [CLS] and [SEP], within 256
+    ]
+    src = tmp_path / "in.csv"
+    src.write_text("text\n" + "".join(f"{t}\n" for t in texts))
+    lengths = [len(st_model.tokenizer(t)["input_ids"]) for t in texts]
+    expected = sum(n > st_model.max_seq_length for n in lengths)
+    assert expected == 2 and st_model.max_seq_length == 256
+    dst = tmp_path / "o"
+    code, out, err = cli(capsys, "build", str(src), str(dst))
+    assert code == 0 and "2 of 5 texts were longer than 256 tokens and were truncated" in err
+    index = hubembed.load(str(dst))
+    assert index.metadata["truncated_texts"] == 2 and index.metadata["max_seq_length"] == 256
+    assert "| Truncated | 2 of 5 texts were longer than 256 tokens" in (dst / "README.md").read_text()
+    # A rebuild that reuses every vector says it again.
+    src.write_text("text\n" + "".join(f"{t}\n" for t in [*texts, "One more question"]))
+    code, out, err = cli(capsys, "build", str(src), str(dst))
+    assert code == 0 and "(1 embedded, 5 reused)" in out
+    assert "2 of 6 texts were longer than 256 tokens and were truncated" in err

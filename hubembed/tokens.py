@@ -1,0 +1,106 @@
+"""How many texts a model cuts short: counted with the model's own fast tokenizer, without
+loading the model (the Rust `tokenizers` library, no torch).
+
+A model reads at most ``max_seq_length`` tokens (special tokens and the prompt included) and
+drops the rest without a word; the build counts those texts and says so, and the card
+records it. Only texts long enough to possibly exceed the limit are tokenized: every token
+covers at least one byte of text, so a text of fewer bytes than the limit (less a margin for
+special tokens and the prompt) cannot exceed it. Short-text datasets tokenize nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .embedder import EmbedSettings
+    from .models import ResolvedModel
+
+log = logging.getLogger("hubembed")
+
+# Special tokens a model adds around a text ([CLS] ... [SEP], <s> ... </s>), with room to spare.
+_SPECIALS = 8
+_FILES = ("tokenizer.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+class TruncationCounter:
+    """Counts the texts longer than MAX_TOKENS once PROMPT is put before them."""
+
+    def __init__(self, tokenizer: Any, max_tokens: int, prompt: str = "") -> None:
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.prompt = prompt
+        self._bound = max_tokens - _SPECIALS - len(prompt.encode("utf-8"))
+
+    @classmethod
+    def for_model(
+        cls, resolved: ResolvedModel, settings: EmbedSettings, token: str | None = None
+    ) -> TruncationCounter | None:
+        """A counter for RESOLVED's tokenizer and limit, or None where they cannot be read
+        without loading the model (then nothing is counted, and the card says so)."""
+        folder = _files(resolved, token)
+        if folder is None:
+            return None
+        try:
+            from tokenizers import Tokenizer
+
+            limit = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+            prompts: dict[str, Any] = {}
+            st_config = folder / "config_sentence_transformers.json"
+            if st_config.is_file():
+                prompts = json.loads(st_config.read_text()).get("prompts") or {}
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # unreadable or unusual files: then nothing is counted
+            log.debug("cannot count truncated texts for %s: %s", resolved.model_id, exc)
+            return None
+        if not isinstance(limit, int) or limit < 1:
+            return None
+        prompt = settings.prompt or (prompts.get(settings.prompt_name) if settings.prompt_name else "") or ""
+        return cls(tokenizer, limit, prompt)
+
+    def count(self, texts: pa.ChunkedArray | pa.Array, keep: np.ndarray | None = None) -> int:
+        """How many of TEXTS (where KEEP, a mask, is true) the model would cut short."""
+        import pyarrow.compute as pc
+
+        long = np.asarray(pc.binary_length(texts).to_numpy(zero_copy_only=False) > self._bound)
+        if keep is not None:
+            long &= keep
+        if not long.any():
+            return 0
+        candidates = texts.filter(long).to_pylist()
+        encoded = self.tokenizer.encode_batch([self.prompt + t for t in candidates])
+        return sum(len(e.ids) > self.max_tokens for e in encoded)
+
+
+def _files(resolved: ResolvedModel, token: str | None) -> Path | None:
+    """The folder holding the model's tokenizer and sentence-transformers config: its own
+    folder, or those few small files fetched from the Hub (or the HF cache)."""
+    location = Path(resolved.location)
+    if location.is_dir():
+        return location if (location / "tokenizer.json").is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        paths = [
+            hf_hub_download(
+                resolved.model_id,
+                name,
+                revision=resolved.revision,
+                token=token,
+                local_files_only=resolved.origin == "hub-cache",
+            )
+            for name in _FILES[:2]
+        ]
+    except Exception as exc:  # no tokenizer.json (a slow tokenizer only), gated, offline
+        log.debug("cannot count truncated texts for %s: %s", resolved.model_id, exc)
+        return None
+    return Path(paths[0]).parent
