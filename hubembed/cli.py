@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["torch", "onnx", "onnx-int8"],
         default="torch",
         help="run the local model with torch, or exported to ONNX and run by onnxruntime on CPU "
-        "(same vectors; pip install 'hubembed[onnx]'); onnx-int8: quantised, faster, vectors "
+        "(same vectors); onnx-int8: quantised, faster, vectors "
         "within cosine 0.999 of fp32",
     )
     b.add_argument("--revision", help="a revision (branch, tag or commit) of SRC")
@@ -145,15 +145,12 @@ def _setup_output(args: argparse.Namespace) -> bool | None:
     # The libraries underneath print their own bars and notices; keep them for -v only.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.verbose:
-        from datasets.utils import logging as ds_logging
-        from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as tf_logging
-
-        disable_progress_bars()
-        ds_logging.disable_progress_bar()
-        ds_logging.set_verbosity_error()
-        tf_logging.set_verbosity_error()
-        tf_logging.disable_progress_bar()
+        # Through the environment, read when (and if) each library is imported: importing them
+        # here only to silence them cost a search 0.7 s (benchmarks/README.md, "Search start-up").
+        for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(name, "1")
+        for name in ("DATASETS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+            os.environ.setdefault(name, "error")
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     return False if args.quiet else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import _hub, config
 from .card import read_metadata
-from .embedder import EmbedSettings, LocalEmbedder, query_settings
+from .embedder import Embedder, EmbedSettings
 from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
 from .source import FILE_BUILDERS
@@ -82,7 +83,7 @@ class EmbeddedDataset:
     def dataset(self, value: datasets.Dataset) -> None:
         # New rows: what was derived from the old ones no longer holds.
         self._dataset, self._shards = value, None
-        for derived in ("embeddings", "_corpus_norms", "_rows"):
+        for derived in ("embeddings", "_corpus_norms", "_rows", "_matrix", "_numpy_norms"):
             self.__dict__.pop(derived, None)
 
     @property
@@ -163,8 +164,9 @@ class EmbeddedDataset:
         return None if bool(((norms - 1).abs() <= 1e-6).all()) else norms
 
     @cached_property
-    def _embedder(self) -> LocalEmbedder:
-        from .models import load_model, resolve_model
+    def _embedder(self) -> Embedder:
+        from .models import resolve_model
+        from .query import query_embedder
 
         meta = self.metadata
         model_id = self._model or meta.get("model")
@@ -173,22 +175,46 @@ class EmbeddedDataset:
             log.warning("no hubembed card records the model: embedding queries with %s", model_id)
         revision = meta.get("model_revision") if not self._model else None
         resolved = resolve_model(model_id, revision=revision, token=self._token)
-        model = load_model(
-            resolved, device=self._device, token=self._token, trust_remote_code=self._trust_remote_code
-        )
         settings = EmbedSettings(
             prompt_name=meta.get("query_prompt_name"),
             prompt=meta.get("query_prompt"),
             truncate_dim=meta.get("truncate_dim"),
             normalize=bool(meta.get("normalize", True)),
         )
+        documents = None
         if settings.prompt_name is None and settings.prompt is None:
-            # A remote build could not see the model's prompts: derive the query side here.
+            # A remote build could not see the model's prompts: derive the query side from them.
             documents = EmbedSettings(
                 meta.get("prompt_name"), meta.get("prompt"), settings.truncate_dim, settings.normalize
             )
-            settings = query_settings(documents, model.prompts or {})
-        return LocalEmbedder(model, settings)
+        # The model's cached ONNX export where there is one (no torch); else sentence-transformers,
+        # recording the model for the next search (hubembed/query.py).
+        return query_embedder(
+            resolved,
+            settings,
+            documents=documents,
+            device=self._device,
+            token=self._token,
+            trust_remote_code=self._trust_remote_code,
+        )
+
+    @cached_property
+    def _matrix(self) -> np.ndarray:
+        """``embeddings`` as numpy, for a search that needs no torch."""
+        if self._shards is not None and len(self.embedding_columns) == 1:
+            location, files = self._shards
+            return cached_matrix(location, files, self.embedding_columns[0])
+        return matrix(self._table, self.embedding_columns)
+
+    @cached_property
+    def _numpy_norms(self) -> np.ndarray | None:
+        """``_corpus_norms`` for ``_matrix``: None when every row has length 1 (to 1e-6)."""
+        m = self._matrix
+        norms = np.empty(len(m), dtype=np.float32)
+        for a in range(0, len(m), 65_536):
+            rows = np.asarray(m[a : a + 65_536], dtype=np.float32)
+            norms[a : a + 65_536] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        return None if bool((np.abs(norms - 1) <= 1e-6).all()) else norms
 
     def embed_queries(self, queries: list[str]) -> torch.Tensor:
         """Embed search queries with the model, query prompt and settings the card records."""
@@ -202,19 +228,31 @@ class EmbeddedDataset:
         A single query (a string or one vector) gives a list of hits; several give a list per
         query. Each hit is ``{"corpus_id", "score", "row"}``, best first.
         """
-        import torch
-
         single = isinstance(query, str) or (not isinstance(query, list) and np.ndim(query) == 1)
         if isinstance(query, str):
             query = [query]
+        vectors: Any = query
         if isinstance(query, list) and all(isinstance(q, str) for q in query):
-            vectors: Any = self.embed_queries(query)
-        else:
-            vectors = torch.as_tensor(np.asarray(query) if isinstance(query, list) else query)
-        norms = self._corpus_norms
-        hits = semantic_search(
-            vectors, self.embeddings, top_k=top_k, normalized=norms is None, corpus_norms=norms
-        )
+            vectors = self._embedder.embed_batch(query)
+        if "torch" in sys.modules:
+            import torch
+
+            vectors = torch.as_tensor(np.asarray(vectors) if isinstance(vectors, list) else vectors)
+            norms = self._corpus_norms
+            hits = semantic_search(
+                vectors, self.embeddings, top_k=top_k, normalized=norms is None, corpus_norms=norms
+            )
+        else:  # nothing needed torch (the query went through the ONNX export): spare its import
+            from .query import search_numpy
+
+            numpy_norms = self._numpy_norms
+            hits = search_numpy(
+                np.asarray(vectors),
+                self._matrix,
+                top_k,
+                normalized=numpy_norms is None,
+                corpus_norms=numpy_norms,
+            )
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
         # One Arrow take for all hits, instead of a row lookup per hit.
         ids = [hit["corpus_id"] for per_query in hits for hit in per_query]
