@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 METADATA_KEY = "hubembed"
 # Settings that change the vectors: a change in any of them means re-embedding everything.
-# "precision" is absent (None) for fp32 builds, so cards written before it existed still match.
+# "precision" is absent (None) for fp32 builds, "seq_length" (--max-seq-length) where the model's
+# own limit applies, "pooling" where each row has its own vector: cards written before they
+# existed still match.
 FINGERPRINT_KEYS = (
     "model",
     "model_revision",
@@ -27,9 +29,11 @@ FINGERPRINT_KEYS = (
     "truncate_dim",
     "normalize",
     "precision",
+    "seq_length",
+    "pooling",
 )
 # Keys left out of the card when None: they were added later, and cards without them mean None.
-_OMIT_NONE = ("backend", "precision")
+_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class BuildRecord:
     prompt: str | None = None
     truncate_dim: int | None = None
     normalize: bool = True
+    seq_length: int | None = None  # --max-seq-length, where given
     trust_remote_code: bool = False
     backend: str | None = None  # the local runtime (torch, onnx, onnx-int8); None when remote
     precision: str | None = None  # "int8", or None for fp32
@@ -54,6 +59,10 @@ class BuildRecord:
     skipped_rows: int = 0
     max_seq_length: int | None = None  # tokens the model reads; None where not known
     truncated_texts: int | None = None  # texts longer than that, cut short; None: not counted
+    #: {"tokens", "overlap", "pool"} for a build made with --chunk; None otherwise
+    chunking: dict[str, Any] | None = None
+    #: what the vectors of a pooled build depend on beyond the model: "mean/TOKENS/OVERLAP"
+    pooling: str | None = None
     source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
     layout: str = "default"
     embedding_column: str = "embedding"

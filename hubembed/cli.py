@@ -77,6 +77,26 @@ def _parser() -> argparse.ArgumentParser:
         "--layout", choices=["default", "blog"], default="default", help="blog: embeddings.csv only"
     )
     b.add_argument("--trust-remote-code", action="store_true", help="allow models that run their own code")
+    c = b.add_argument_group("long texts")
+    c.add_argument(
+        "--chunk",
+        type=int,
+        metavar="TOKENS",
+        help="split each text into chunks the model reads whole (at most TOKENS tokens, at paragraph "
+        "and sentence ends where it can): one row and vector per chunk",
+    )
+    c.add_argument(
+        "--overlap", type=int, default=0, metavar="TOKENS", help="tokens shared by consecutive chunks"
+    )
+    c.add_argument(
+        "--pool", choices=["mean"], help="one vector per text instead: the mean of its chunks' vectors"
+    )
+    c.add_argument(
+        "--max-seq-length",
+        type=int,
+        metavar="TOKENS",
+        help="tokens the model reads (default: its own limit; at most its position limit)",
+    )
     b.add_argument("--force", action="store_true", help="re-embed every row, reusing nothing")
     e = b.add_argument_group("engine")
     e.add_argument(
@@ -113,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="a revision of DST")
     s.add_argument("--model", help="embed the query with this model instead of the card's")
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--chunks",
+        action="store_true",
+        help="for a build made with --chunk: every matching chunk, not the best passage of each text",
+    )
     s.add_argument(
         "--json",
         action="store_true",
@@ -187,10 +212,9 @@ def _search(args: argparse.Namespace) -> int:
 
         pick_devices(args.device)
     index = load(args.dst, args.revision, model=args.model, device=args.device)
-    hits = index.search(args.query, top_k=args.top_k)
+    hits = index.search(args.query, top_k=args.top_k, by_text=not args.chunks)
     records = [
-        {"rank": rank, "corpus_id": hit["corpus_id"], "score": round(hit["score"], 6), "row": hit["row"]}
-        for rank, hit in enumerate(hits, start=1)
+        {"rank": rank, **hit, "score": round(hit["score"], 6)} for rank, hit in enumerate(hits, start=1)
     ]
     if args.json:
         print(json.dumps(records, ensure_ascii=False, default=str))
@@ -198,7 +222,7 @@ def _search(args: argparse.Namespace) -> int:
     column = index.text_column
     width = max(shutil.get_terminal_size((100, 24)).columns - 15, 40)
     for r in records:
-        text = r["row"].get(column) if column else None
+        text = r["passage"]["text"] if "passage" in r else r["row"].get(column) if column else None
         shown = _one_line(text, width) if text is not None else f"#{r['corpus_id']}"
         print(f"{r['rank']:>3}  {r['score']:.4f}  {shown}")
     if records and column is None and index.metadata.get("layout") == "blog":

@@ -28,6 +28,8 @@ class EmbedSettings:
     prompt: str | None = None
     truncate_dim: int | None = None
     normalize: bool = True
+    #: tokens the model reads, where not its own max_seq_length (--max-seq-length)
+    seq_length: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +83,8 @@ class LocalEmbedder(Embedder):
                 f"the model has no prompt named {settings.prompt_name!r}; its prompts: {names} "
                 "(or give a literal prompt with --prompt)"
             )
+        if settings.seq_length is not None:
+            model.max_seq_length = settings.seq_length
         full = model.get_embedding_dimension()
         if settings.truncate_dim is not None and not 0 < settings.truncate_dim <= (full or 0):
             raise ModelError(f"--truncate-dim {settings.truncate_dim} must be between 1 and {full}")

@@ -101,8 +101,15 @@ class EmbeddedDataset:
 
     @property
     def text_column(self) -> str | None:
-        column = (self.metadata.get("source") or {}).get("column")
+        """The column a hit is shown by: the embedded text (a chunk's, for a chunked build)."""
+        column = "chunk" if self.chunked else (self.metadata.get("source") or {}).get("column")
         return column if column in self._column_names else None
+
+    @property
+    def chunked(self) -> bool:
+        """One row per chunk of each source text (built with --chunk and no --pool)."""
+        chunking = self.metadata.get("chunking") or {}
+        return bool(chunking) and not chunking.get("pool") and "source_row" in self._column_names
 
     @cached_property
     def embeddings(self) -> torch.Tensor:
@@ -222,11 +229,14 @@ class EmbeddedDataset:
 
         return torch.from_numpy(self._embedder.embed_batch(queries))
 
-    def search(self, query: Any, top_k: int = 10) -> Any:
+    def search(self, query: Any, top_k: int = 10, *, by_text: bool = True) -> Any:
         """Top-k rows for QUERY: a string, a list of strings, or a tensor/array of vectors.
 
         A single query (a string or one vector) gives a list of hits; several give a list per
-        query. Each hit is ``{"corpus_id", "score", "row"}``, best first.
+        query. Each hit is ``{"corpus_id", "score", "row"}``, best first. For a chunked build,
+        each hit is a source text, by its best chunk: ``"document"`` (its source row, 0-based)
+        and ``"passage"`` ({"text", "chunk_index", "start", "end"}: character offsets in the
+        text) are added; ``by_text=False`` gives the chunks themselves.
         """
         single = isinstance(query, str) or (not isinstance(query, list) and np.ndim(query) == 1)
         if isinstance(query, str):
@@ -253,6 +263,8 @@ class EmbeddedDataset:
                 normalized=numpy_norms is None,
                 corpus_norms=numpy_norms,
             )
+        if self.chunked and by_text:
+            hits = self._best_chunks(hits, vectors, top_k)
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
         # One Arrow take for all hits, instead of a row lookup per hit.
         ids = [hit["corpus_id"] for per_query in hits for hit in per_query]
@@ -262,7 +274,45 @@ class EmbeddedDataset:
         for per_query in hits:
             for hit in per_query:
                 hit["row"] = next(found)
+                if self.chunked and by_text:
+                    row = hit["row"]
+                    hit["passage"] = {
+                        "text": row.pop("chunk"),
+                        "chunk_index": row.pop("chunk_index"),
+                        "start": row.pop("chunk_start"),
+                        "end": row.pop("chunk_end"),
+                    }
+                    hit["document"] = row.pop("source_row")
         return hits[0] if single else hits
+
+    def _best_chunks(self, hits: list[list[dict[str, Any]]], vectors: Any, top_k: int) -> list[list[dict]]:
+        """Of each query's chunk hits, the best chunk of each of the top_k best texts: chunk hits
+        are fetched in growing numbers until top_k texts are among them (or all chunks are)."""
+        documents = self._source_rows
+        wanted = [self._first_texts(per_query, documents, top_k) for per_query in hits]
+        fetch = max(len(per_query) for per_query in hits)
+        while any(len(w) < top_k for w in wanted) and fetch < len(documents):
+            fetch = min(fetch * 4, len(documents))
+            more = self.search(vectors, top_k=fetch, by_text=False)  # VECTORS: one list per query
+            wanted = [self._first_texts(per_query, documents, top_k) for per_query in more]
+        return wanted
+
+    @staticmethod
+    def _first_texts(per_query: list[dict[str, Any]], documents: np.ndarray, top_k: int) -> list[dict]:
+        seen: set[int] = set()
+        best = []
+        for hit in per_query:  # best first
+            document = int(documents[hit["corpus_id"]])
+            if document not in seen:
+                seen.add(document)
+                best.append({"corpus_id": hit["corpus_id"], "score": hit["score"]})
+                if len(best) == top_k:
+                    break
+        return best
+
+    @cached_property
+    def _source_rows(self) -> np.ndarray:
+        return np.asarray(self.column("source_row").to_numpy(), dtype=np.int64)
 
 
 def _embedding_columns(names: list[str], meta: dict[str, Any]) -> list[str]:

@@ -193,6 +193,8 @@ class OnnxEmbedder(Embedder):
         self.input_names = _input_names(transformer)
         limits = [transformer.max_seq_length, getattr(transformer.config, "max_position_embeddings", None)]
         self.max_length = min(int(n) for n in limits if n)
+        if settings.seq_length is not None:  # checked against the position limit before the build
+            self.max_length = settings.seq_length
         self.truncate_dim = settings.truncate_dim or model.truncate_dim
         self.prompt = settings.prompt
         if self.prompt is None:

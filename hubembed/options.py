@@ -21,6 +21,7 @@ ENGINES = ("local", "ray")
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # The backends that run the model exported to ONNX on the CPU, and at which precision.
 ONNX_PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
+POOLS = ("mean",)
 # auto, all, cpu, mps, cuda, cuda:N, or a comma-separated list of those (one model each).
 _DEVICE = re.compile(r"^(auto|all|cpu|mps|cuda(:\d+)?)(\s*,\s*(cpu|mps|cuda(:\d+)?))*$")
 
@@ -54,10 +55,17 @@ class EmbeddingSpec:
     api: str | None = None
     concurrency: int = 4
     request_timeout: float = 120.0
+    #: split each text into chunks of at most this many tokens, one row (and vector) each
+    chunk: int | None = None
+    overlap: int = 0  # tokens shared by consecutive chunks
+    pool: str | None = None  # "mean": one vector per text, the mean of its chunks'
+    max_seq_length: int | None = None  # tokens the model reads, instead of its own limit
 
     @property
     def settings(self) -> EmbedSettings:
-        return EmbedSettings(self.prompt_name, self.prompt, self.truncate_dim, self.normalize)
+        return EmbedSettings(
+            self.prompt_name, self.prompt, self.truncate_dim, self.normalize, self.max_seq_length
+        )
 
     @property
     def precision(self) -> str | None:
@@ -131,6 +139,26 @@ class BuildOptions:
                 raise UsageError(f"{flag} must be at least 1 (got {value})")
         if e.truncate_dim is not None and e.truncate_dim < 1:
             raise UsageError(f"--truncate-dim must be at least 1 (got {e.truncate_dim})")
+        if e.max_seq_length is not None and e.max_seq_length < 1:
+            raise UsageError(f"--max-seq-length must be at least 1 (got {e.max_seq_length})")
+        if e.pool is not None and e.pool not in POOLS:
+            raise UsageError(f"unknown --pool {e.pool!r}; use one of {', '.join(POOLS)}")
+        if e.pool is not None and e.chunk is None:
+            raise UsageError(f"--pool {e.pool} averages the vectors of a text's chunks: give --chunk too")
+        if e.chunk is None and e.overlap:
+            raise UsageError("--overlap is the overlap of chunks: give --chunk too")
+        if e.chunk is not None:
+            if e.chunk < 1:
+                raise UsageError(f"--chunk must be at least 1 token (got {e.chunk})")
+            if not 0 <= e.overlap < e.chunk:
+                raise UsageError(
+                    f"--overlap must be at least 0 and smaller than --chunk {e.chunk} (got {e.overlap})"
+                )
+            if e.remote:
+                raise UsageError(
+                    "--chunk counts tokens with the local model's tokenizer; with --remote, chunk the "
+                    "texts before the build"
+                )
         for flag, seconds in (("--time-budget", g.time_budget), ("--request-timeout", e.request_timeout)):
             if seconds is not None and seconds <= 0:
                 raise UsageError(f"{flag} must be a positive number of seconds (got {seconds:g})")

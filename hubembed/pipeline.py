@@ -20,7 +20,7 @@ from . import config
 from .card import BuildRecord, read_metadata, truncation_note
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
-from .errors import DestinationError
+from .errors import ColumnError, DestinationError, ModelError, UsageError
 from .models import check_prompt_name, load_model, pick_devices, resolve_model
 from .options import ONNX_PRECISION, BuildOptions
 from .output import BlogOutput, ShardOutput
@@ -28,7 +28,7 @@ from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
 from .retry import Deadline, RetryPolicy
 from .sink import Sink, open_sink
 from .source import choose_column, open_stream, resolve_source
-from .stream import run_stream
+from .stream import CHUNK_COLUMNS, Chunking, run_stream
 from .tokens import TruncationCounter
 
 log = logging.getLogger("hubembed")
@@ -88,12 +88,16 @@ def build(
     previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
 
     make, model_fields, counter = _embedder(opts, token, embedder_factory)
+    chunking = _chunking(opts, token, counter)
     resolved = resolve_source(
         s.src, revision=s.revision, config_name=s.config_name, split=s.split, token=token
     )
     rows = open_stream(resolved, token)
     source = rows.info
     source.column = choose_column(rows.features, s.column)
+    row_features = rows.features
+    if chunking is not None and not chunking.pool:
+        row_features = chunk_features(rows.features, source.column)
     record = BuildRecord(
         **model_fields,
         **e.settings.to_dict(),
@@ -105,6 +109,8 @@ def build(
         engine=g.engine,
         hubembed_version=_version(),
         max_seq_length=counter.max_tokens if counter is not None else None,
+        chunking={"tokens": e.chunk, "overlap": e.overlap, "pool": e.pool} if e.chunk else None,
+        pooling=f"{e.pool}/{e.chunk}/{e.overlap}" if e.pool else None,
     )
     settings_key = record.fingerprint()
     same_settings = previous is not None and previous.fingerprint() == settings_key
@@ -118,6 +124,7 @@ def build(
         and same_settings
         and not o.force
         and previous.layout == o.layout
+        and previous.chunking == record.chunking
         and previous.source == record.source
         # The same source has the same blank rows: skipped before, they still may be, or not.
         and (not previous.skipped_rows or s.skip_empty)
@@ -132,6 +139,10 @@ def build(
     else:
         if previous is not None and not same_settings:
             log.info("the model or embedding settings changed: re-embedding everything")
+        elif previous is not None and previous.chunking != record.chunking:
+            log.info("the chunking changed: every row is written again, unchanged chunks reused")
+            if previous.hash_column == HASH_COLUMN:
+                _add_previous(sink, reuse)
         elif previous is not None and previous.layout != o.layout:
             log.info("the layout changed (%s -> %s): embedding every row again", previous.layout, o.layout)
         elif previous is not None and previous.hash_column == HASH_COLUMN:
@@ -156,7 +167,7 @@ def build(
     staged = sink.staging()
     try:
         writer = BlogOutput if o.layout == "blog" else ShardOutput
-        output = writer(staged, rows.features, split=source.split, dst=sink.ref)
+        output = writer(staged, row_features, split=source.split, dst=sink.ref)
         try:
             stats = run_stream(
                 rows,
@@ -169,6 +180,7 @@ def build(
                 skip_empty=s.skip_empty,
                 progress=progress,
                 counter=counter,
+                chunking=chunking,
             )
         finally:
             engine.close()
@@ -258,6 +270,57 @@ def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
         batches = iter(old.column(HASH_COLUMN).chunks)
     keys = [np.frombuffer(bytes.fromhex("".join(b.to_pylist())), dtype="S32").astype("S16") for b in batches]
     reuse.add(np.concatenate(keys) if keys else np.empty(0, "S16"), vectors)
+
+
+def _chunking(opts: BuildOptions, token: str | None, counter: TruncationCounter | None) -> Chunking | None:
+    """The chunker for --chunk, checked against what the model reads, before any work."""
+    e = opts.embedding
+    if (
+        counter is not None
+        and e.max_seq_length
+        and counter.positions
+        and e.max_seq_length > counter.positions
+    ):
+        raise ModelError(
+            f"--max-seq-length {e.max_seq_length} is more than {e.model} can read: at most "
+            f"{counter.positions} tokens"
+        )
+    if e.chunk is None:
+        return None
+    from .chunking import Chunker
+
+    limit = counter.max_tokens if counter is not None else None
+    if limit is not None and e.chunk > limit:
+        more = (
+            f", or raise --max-seq-length (up to {counter.positions})"
+            if counter and counter.positions
+            else ""
+        )
+        raise UsageError(
+            f"--chunk {e.chunk} is more than {e.model} reads ({limit} tokens): lower --chunk{more}"
+        )
+    # The model's tokenizer counts the tokens (a given embedder's build uses --model's).
+    resolved = resolve_model(e.model, revision=e.model_revision, token=token)
+    try:
+        chunker = Chunker.for_model(resolved, e.settings, e.chunk, e.overlap, token=token)
+    except ValueError as exc:  # a --chunk too small for the prompt and special tokens
+        raise UsageError(f"--chunk {e.chunk} --overlap {e.overlap}: {exc}") from exc
+    return Chunking(chunker, pool=e.pool is not None, normalize=e.normalize)
+
+
+def chunk_features(features: Any, column: str) -> Any:
+    """FEATURES without the text COLUMN, plus the columns a chunked build adds (CHUNK_COLUMNS)."""
+    from datasets import Features, Value
+
+    clashes = [c for c in CHUNK_COLUMNS if c in features]
+    if clashes:
+        raise ColumnError(
+            f"the source already has {', '.join(map(repr, clashes))}, which --chunk adds: rename "
+            "them in the source"
+        )
+    types = {"chunk": "string", "chunk_index": "int32", "chunk_start": "int64", "chunk_end": "int64"}
+    added = {name: Value(types.get(name, "int64")) for name in CHUNK_COLUMNS}
+    return Features({**{k: v for k, v in features.items() if k != column}, **added})
 
 
 def _origin(source: dict[str, Any]) -> tuple[Any, ...]:

@@ -168,7 +168,10 @@ class QueryEmbedder(Embedder):
         self.tokenizer = Tokenizer.from_file(str(model.tokenizer_path))
         # What transformers sets for a call with truncation="longest_first" and no padding.
         self.tokenizer.enable_truncation(
-            int(record["max_length"]), stride=0, strategy="longest_first", direction=record["truncation_side"]
+            int(settings.seq_length or record["max_length"]),
+            stride=0,
+            strategy="longest_first",
+            direction=record["truncation_side"],
         )
         self.tokenizer.no_padding()
         self.prompt: str | None = settings.prompt

@@ -55,11 +55,28 @@ class StreamStats:
 
 @dataclass
 class _Block:
-    table: pa.Table
-    texts: pa.ChunkedArray
-    bad: np.ndarray  # null or blank texts
-    digests: np.ndarray  # S32 sha256 of each text
-    truncated: int = 0  # of the good texts, how many the model cuts short
+    """A block of the source as the loop sees it: the rows to write (the good source rows, or
+    their chunks) and what the reader found in the source rows they come from."""
+
+    table: pa.Table  # the rows to write
+    texts: pa.ChunkedArray  # what is embedded for each of them
+    digests: np.ndarray  # S32 sha256 of each of TEXTS
+    bad: np.ndarray  # over the source rows read: null or blank texts
+    truncated: int = 0  # of TEXTS, how many the model cuts short
+
+
+@dataclass
+class Chunking:
+    """How the reader splits texts (--chunk), or the embedding pools their chunks (--pool)."""
+
+    chunker: Any  # hubembed.chunking.Chunker
+    pool: bool = False  # one vector per text, the mean of its chunks'
+    normalize: bool = True  # a pooled vector gets unit length again
+
+
+# The columns a chunked build adds to each row: the chunk's text, its place among its text's
+# chunks, its character offsets in that text, and the source row it comes from (0-based).
+CHUNK_COLUMNS = ("chunk", "chunk_index", "chunk_start", "chunk_end", "source_row")
 
 
 def run_stream(
@@ -74,6 +91,7 @@ def run_stream(
     skip_empty: bool,
     progress: bool | None = None,
     counter: TruncationCounter | None = None,
+    chunking: Chunking | None = None,
 ) -> StreamStats:
     """Embed column COLUMN of ROWS into OUTPUT, reusing REUSE's vectors, checkpointing the new ones.
 
@@ -89,7 +107,8 @@ def run_stream(
     seen = 0
     stop = threading.Event()
     counting = threading.Event()  # texts are refused: the reader only finds the bad ones
-    reader = _Thread(lambda put: _read(rows, column, put, counting, counter), stop)
+    split = chunking if chunking is not None and not chunking.pool else None
+    reader = _Thread(lambda put: _read(rows, column, put, counting, counter, split), stop)
     writer = _Writer(output, stop)
     bar = tqdm(
         total=rows.count(), unit="row", desc="embedding", disable=None if progress is None else not progress
@@ -113,20 +132,20 @@ def run_stream(
                 counting.set()
                 bar.update(n)
                 continue
-            if block.bad.any():
-                keep = ~block.bad
-                stats.skipped += int(block.bad.sum())
-                block = _Block(
-                    block.table.filter(keep),
-                    block.texts.filter(keep),
-                    block.bad[keep],
-                    block.digests[keep],
-                    block.truncated,
-                )
+            stats.skipped += int(block.bad.sum())
             if not len(block.digests):
                 bar.update(n)
                 continue
-            vectors, embedded = _vectors(block, engine, run, reuse, saver, bar.update)
+            progress_left = [n]
+
+            def advance(count: int, left: list[int] = progress_left) -> None:
+                # Rows of the source; a chunked build embeds more texts than it reads rows.
+                step = min(count, left[0])
+                left[0] -= step
+                bar.update(step)
+
+            pool = chunking if chunking is not None and chunking.pool else None
+            vectors, embedded = _vectors(block, engine, run, reuse, saver, advance, pool)
             if stats.dimension and vectors.shape[1] != stats.dimension:
                 raise HubembedError(
                     f"the embedder returned {vectors.shape[1]}-d vectors after {stats.dimension}-d ones"
@@ -138,7 +157,7 @@ def run_stream(
             if stats.truncated is not None:
                 stats.truncated += block.truncated
             writer.put((block.table, vectors, block.digests))
-            bar.update(n - embedded)
+            bar.update(progress_left[0])
             bar.set_postfix_str(
                 f"{stats.embedded} embedded, {stats.rows - stats.embedded} reused", refresh=False
             )
@@ -171,22 +190,58 @@ def _read(
     put: Callable[[Any], None],
     counting: threading.Event,
     counter: TruncationCounter | None,
+    chunking: Chunking | None,
 ) -> None:
-    """The reader thread: each block with its texts' null/empty mask, sha256 digests and how
-    many the model will cut short (once COUNTING is set, the mask alone)."""
+    """The reader thread: each block's good rows (or, with CHUNKING, their chunks) with sha256
+    digests and how many the model will cut short, and the source rows' null/empty mask (once
+    COUNTING is set, the mask alone)."""
     sha256 = hashlib.sha256
+    offset = 0  # source rows read before this block
     for table in rows.blocks():
         texts = table.column(column)
         bad = bad_texts(texts)
         if counting.is_set():
-            put(_Block(table, texts, bad, np.empty(0, "S32")))
+            put(_Block(table, texts, np.empty(0, "S32"), bad))
+            offset += len(bad)
             continue
+        if bad.any():
+            keep = ~bad
+            table, texts = table.filter(keep), texts.filter(keep)
+        if chunking is not None:
+            table, texts = _chunks(table, column, texts, chunking.chunker, offset + np.flatnonzero(~bad))
         values = texts.to_pylist()
-        digests = b"".join(
-            _NO_DIGEST if b else sha256(t.encode("utf-8")).digest() for t, b in zip(values, bad, strict=True)
-        )
-        truncated = counter.count(texts, ~bad) if counter is not None else 0
-        put(_Block(table, texts, bad, np.frombuffer(digests, dtype="S32"), truncated))
+        digests = b"".join(sha256(t.encode("utf-8")).digest() for t in values)
+        truncated = counter.count(texts) if counter is not None else 0
+        put(_Block(table, texts, np.frombuffer(digests, dtype="S32"), bad, truncated))
+        offset += len(bad)
+
+
+def _chunks(
+    table: pa.Table, column: str, texts: pa.ChunkedArray, chunker: Any, source_rows: np.ndarray
+) -> tuple[pa.Table, pa.ChunkedArray]:
+    """TABLE with a row per chunk of each text: the row's other columns, then CHUNK_COLUMNS.
+
+    The whole text (COLUMN) is not repeated in each of its chunks' rows: a 5,000-word document
+    in 30 chunks would be held and stored 30 times. `source_row` and the offsets point into it.
+    """
+    import pyarrow as pa
+
+    values = texts.to_pylist()
+    spans = chunker.split_many(values)
+    counts = np.array([len(s) for s in spans], dtype=np.int64)
+    owner = np.repeat(np.arange(len(values)), counts)
+    starts = np.array([a for s in spans for a, _ in s], dtype=np.int64)
+    ends = np.array([b for s in spans for _, b in s], dtype=np.int64)
+    pieces = pa.array([values[o][a:b] for o, a, b in zip(owner, starts, ends, strict=True)], pa.string())
+    index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else owner
+    out = table.drop_columns([column]).take(pa.array(owner))
+    for name, array in zip(
+        CHUNK_COLUMNS,
+        (pieces, pa.array(index, pa.int32()), pa.array(starts), pa.array(ends), pa.array(source_rows[owner])),
+        strict=True,
+    ):
+        out = out.append_column(name, array)
+    return out, pa.chunked_array([pieces])
 
 
 def _vectors(
@@ -196,9 +251,11 @@ def _vectors(
     reuse: ReuseIndex,
     checkpoint: _Saver,
     advance: Callable[[int], Any],
+    pool: Chunking | None = None,
 ) -> tuple[np.ndarray, int]:
     """BLOCK's vectors, reused where REUSE has them, embedded (each distinct text once, longest
-    first, checkpointed as each piece finishes) where not; and how many texts were embedded."""
+    first, checkpointed as each piece finishes) where not; and how many texts were embedded.
+    With POOL, a missing text's vector is the mean of its chunks' (_pooled)."""
     import pyarrow.compute as pc
 
     known = reuse.find(block.digests)
@@ -224,8 +281,12 @@ def _vectors(
 
         run.on_batch = save
         texts = block.texts.take(todo[order]).to_pylist()
-        fresh = engine.embed(texts, run)
-        embedded = len(texts)
+        if pool is not None:
+            fresh, embedded = _pooled(texts, pool, engine, run, advance)
+            checkpoint.save(todo_digests, fresh, time.perf_counter() - started)
+        else:
+            fresh = engine.embed(texts, run)
+            embedded = len(texts)
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
         vectors = np.empty((len(known), fresh.shape[1]), dtype=np.float32)
@@ -242,6 +303,30 @@ def _vectors(
         vectors[hits] = reused
     assert vectors is not None
     return vectors, embedded
+
+
+def _pooled(
+    texts: list[str], pool: Chunking, engine: Engine, run: EmbedRun, advance: Callable[[int], Any]
+) -> tuple[np.ndarray, int]:
+    """One vector per text: the mean of its chunks' vectors (unit length again where the build
+    normalises), and how many chunks were embedded. Saved per block, not per piece: a piece
+    holds parts of texts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    spans = pool.chunker.split_many(texts)
+    counts = np.array([len(s) for s in spans], dtype=np.int64)
+    owner = np.repeat(np.arange(len(texts)), counts)
+    pieces = [t[a:b] for t, s in zip(texts, spans, strict=True) for a, b in s]
+    order = np.argsort(-pc.utf8_length(pa.array(pieces, pa.string())).to_numpy(), kind="stable")
+    run.on_batch = lambda start, piece: advance(len(piece))
+    vectors = engine.embed([pieces[i] for i in order], run)
+    pooled = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
+    np.add.at(pooled, owner[order], vectors)
+    pooled /= np.maximum(counts, 1)[:, None]
+    if pool.normalize:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled.astype(np.float32), len(pieces)
 
 
 def hex_digests(digests: np.ndarray) -> pa.Array:

@@ -10,6 +10,7 @@ special tokens and the prompt) cannot exceed it. Short-text datasets tokenize no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -27,18 +28,21 @@ log = logging.getLogger("hubembed")
 
 # Special tokens a model adds around a text ([CLS] ... [SEP], <s> ... </s>), with room to spare.
 _SPECIALS = 8
-_FILES = ("tokenizer.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_FILES = ("tokenizer.json", "sentence_bert_config.json", "config.json", "config_sentence_transformers.json")
 
 
 class TruncationCounter:
     """Counts the texts longer than MAX_TOKENS once PROMPT is put before them."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int, prompt: str = "") -> None:
+    def __init__(
+        self, tokenizer: Any, max_tokens: int, prompt: str = "", positions: int | None = None
+    ) -> None:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.prompt = prompt
+        self.positions = positions  # the most tokens the model can read at all (its position limit)
         self._bound = max_tokens - _SPECIALS - len(prompt.encode("utf-8"))
 
     @classmethod
@@ -54,6 +58,9 @@ class TruncationCounter:
             from tokenizers import Tokenizer
 
             limit = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
+            positions = None
+            if (folder / "config.json").is_file():
+                positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
             prompts: dict[str, Any] = {}
             st_config = folder / "config_sentence_transformers.json"
             if st_config.is_file():
@@ -62,10 +69,11 @@ class TruncationCounter:
         except Exception as exc:  # unreadable or unusual files: then nothing is counted
             log.debug("cannot count truncated texts for %s: %s", resolved.model_id, exc)
             return None
+        limit = settings.seq_length or limit
         if not isinstance(limit, int) or limit < 1:
             return None
         prompt = settings.prompt or (prompts.get(settings.prompt_name) if settings.prompt_name else "") or ""
-        return cls(tokenizer, limit, prompt)
+        return cls(tokenizer, limit, prompt, positions if isinstance(positions, int) else None)
 
     def count(self, texts: pa.ChunkedArray | pa.Array, keep: np.ndarray | None = None) -> int:
         """How many of TEXTS (where KEEP, a mask, is true) the model would cut short."""
@@ -98,9 +106,17 @@ def _files(resolved: ResolvedModel, token: str | None) -> Path | None:
                 token=token,
                 local_files_only=resolved.origin == "hub-cache",
             )
-            for name in _FILES[:2]
+            for name in _FILES[:3]
         ]
     except Exception as exc:  # no tokenizer.json (a slow tokenizer only), gated, offline
         log.debug("cannot count truncated texts for %s: %s", resolved.model_id, exc)
         return None
+    with contextlib.suppress(Exception):  # the prompts, where the model has any
+        hf_hub_download(
+            resolved.model_id,
+            _FILES[3],
+            revision=resolved.revision,
+            token=token,
+            local_files_only=resolved.origin == "hub-cache",
+        )
     return Path(paths[0]).parent
