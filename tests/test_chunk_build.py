@@ -239,3 +239,20 @@ def test_a_chunk_too_small_for_the_prompt_is_a_usage_error(capsys, tmp_path):
     )
     assert code == 2 and "--chunk 4 --overlap 0:" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_max_seq_length_raises_what_the_model_reads_up_to_its_position_limit(tmp_path, st_model):
+    src = tmp_path / "in.csv"
+    long = "Medicare covers hospital stays and doctor visits. " * 45  # about 400 tokens
+    src.write_text(f"text\n{long}\n")
+    hubembed.build(str(src), str(tmp_path / "o"), max_seq_length=512, progress=False)
+    index = hubembed.load(str(tmp_path / "o"))
+    assert index.metadata["max_seq_length"] == 512 and index.metadata["truncated_texts"] == 0
+    st_model.max_seq_length = 512
+    try:
+        whole = st_model.encode([long], normalize_embeddings=True)[0]
+    finally:
+        st_model.max_seq_length = 256
+    cut = st_model.encode([long], normalize_embeddings=True)[0]
+    vector = index.embeddings.numpy()[0]
+    assert float(vector @ whole) > 0.9999 and float(vector @ cut) < 0.9999
