@@ -1,7 +1,7 @@
 """The build's one loop, for every engine: read a block, hash it, reuse what is known, embed
 what is missing, checkpoint it, write it.
 
-Three threads share the work so that a fast embedder never waits on I/O: a reader (rows,
+Three threads share the work so that a fast embedder never waits on I/O (hubembed/pipes.py): a reader (rows,
 text hashes, the null/empty check), this thread (reuse, embedding, checkpoints) and a writer
 (parquet or CSV). Bounded queues between them keep at most a few blocks in memory whatever
 the size of the source: nothing here holds all the rows, texts, hashes or vectors.
@@ -9,13 +9,11 @@ the size of the source: nothing here holds all the rows, texts, hashes or vector
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ import numpy as np
 from .engines import EmbedRun, Engine
 from .errors import HubembedError, SourceError, TimeBudgetExceeded
 from .output import Output
+from .pipes import Consumer, Producer
 from .refresh import Checkpoint, ReuseIndex
 from .source import EMPTY_SOURCE, RowStream, all_texts_bad, bad_texts, plural, refuse_bad_texts
 from .tokens import TruncationCounter
@@ -34,10 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubembed")
 
-# Blocks waiting between two threads: enough to ride out an uneven block, few enough to bound
-# memory at a handful of blocks.
-QUEUE_BLOCKS = 2
-_NO_DIGEST = b"\0" * 32  # the digest slot of a null or blank text, which is never looked up
 _HEX = np.array([f"{i:02x}".encode() for i in range(256)], dtype="S2")
 
 
@@ -108,8 +103,8 @@ def run_stream(
     stop = threading.Event()
     counting = threading.Event()  # texts are refused: the reader only finds the bad ones
     split = chunking if chunking is not None and not chunking.pool else None
-    reader = _Thread(lambda put: _read(rows, column, put, counting, counter, split), stop)
-    writer = _Writer(output, stop)
+    reader = Producer(lambda put: _read(rows, column, put, counting, counter, split), stop)
+    writer = Consumer(lambda item: output.write(item[0], item[1], hex_digests(item[2])), output.abort, stop)
     bar = tqdm(
         total=rows.count(), unit="row", desc="embedding", disable=None if progress is None else not progress
     )
@@ -338,99 +333,6 @@ def hex_digests(digests: np.ndarray) -> pa.Array:
     return pa.array(text, type=pa.binary(64)).cast(pa.string())
 
 
-class _Thread:
-    """Runs PRODUCE(put) in a thread; ``items`` yields what it puts, and raises what it raised."""
-
-    _END = object()
-
-    def __init__(self, produce: Callable[[Callable[[Any], None]], None], stop: threading.Event) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BLOCKS)
-        self._stop = stop
-        self._produce = produce
-        self._thread = threading.Thread(target=self._main, name="hubembed-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    def _main(self) -> None:
-        try:
-            self._produce(self._put)
-            self._put(self._END)
-        except _Stopped:
-            pass
-        except BaseException as exc:  # handed to the consuming thread
-            with contextlib.suppress(_Stopped):
-                self._put(_Failure(exc))
-
-    def items(self) -> Iterator[Any]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-
-
-class _Writer:
-    """Writes blocks to OUTPUT in a thread of its own; an error there is raised here."""
-
-    def __init__(self, output: Output, stop: threading.Event) -> None:
-        self.output = output
-        self.finished = False
-        self._stop = stop
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_BLOCKS)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="hubembed-writer", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None or self._error is not None:
-                return
-            table, vectors, digests = item
-            try:
-                self.output.write(table, vectors, hex_digests(digests))
-            except BaseException as exc:
-                self._error = exc
-                self._stop.set()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def put(self, item: tuple[Any, ...]) -> None:
-        while True:
-            self._check()
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self) -> None:
-        """Wait for every block to be written; the output is then closed by the caller."""
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-        self.finished = True
-
-    def abort(self) -> None:
-        self._error = self._error or _Stopped()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        self._thread.join(timeout=60)
-        self.output.abort()
-
-
 class _Saver:
     """Checkpoints each embedded piece that is worth keeping: one whose embedding took longer
     than saving it takes. A model on a CPU or GPU, or a remote API, always is; an embedder as
@@ -451,12 +353,3 @@ class _Saver:
         rate = (time.perf_counter() - start) / max(vectors.nbytes, 1)
         old = self.seconds_per_byte
         self.seconds_per_byte = rate if old is None else 0.8 * old + 0.2 * rate
-
-
-class _Stopped(Exception):
-    """The other side of a queue has gone."""
-
-
-@dataclass
-class _Failure:
-    error: BaseException
