@@ -1,10 +1,11 @@
 """The build's one loop, for every engine: read a block, hash it, reuse what is known, embed
 what is missing, checkpoint it, write it.
 
-Three threads share the work so that a fast embedder never waits on I/O (hubembed/pipes.py): a reader (rows,
-text hashes, the null/empty check), this thread (reuse, embedding, checkpoints) and a writer
-(parquet or CSV). Bounded queues between them keep at most a few blocks in memory whatever
-the size of the source: nothing here holds all the rows, texts, hashes or vectors.
+Three threads share the work so that a fast embedder never waits on I/O: a reader (rows, text
+hashes, the null/empty check, chunks), this thread (reuse, embedding, checkpoints) and a writer
+(parquet or CSV). Bounded queues between them (hubembed/pipes.py) keep at most a few blocks in
+memory whatever the size of the source: nothing here holds all the rows, texts, hashes or
+vectors.
 """
 
 from __future__ import annotations
