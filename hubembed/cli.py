@@ -143,8 +143,50 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print hits as a JSON list of {"rank", "corpus_id", "score", "row"}, rows whole',
     )
+    _classify_parser(commands, common)
     add_workflow_parser(commands, build_parser=b)
     return parser
+
+
+def _classify_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    k = commands.add_parser(
+        "classify",
+        parents=[common],
+        help="label each row of an embedded dataset",
+        description="Label each row of DST with the nearest of LABELS: the highest cosine between the row's "
+        "vector and the label's, the labels embedded by the model DST's card records (with its "
+        "classification prompt where it has one, else as search queries).",
+    )
+    k.add_argument("dst", metavar="DST", help="a Hub dataset id or a local folder built by hubembed")
+    k.add_argument(
+        "--labels", required=True, help='the labels, separated by commas: "billing,enrollment,coverage"'
+    )
+    k.add_argument(
+        "--publish",
+        action="store_true",
+        help="add the label and its score to DST as columns (label, label_score), in one commit",
+    )
+    k.add_argument(
+        "--column",
+        default="label",
+        metavar="NAME",
+        help="with --publish: the label's column (default: label)",
+    )
+    k.add_argument(
+        "--examples",
+        type=int,
+        default=3,
+        metavar="N",
+        help="show each label's N rows of highest score (default: 3; 0: only the counts)",
+    )
+    k.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"labels", "counts", "model", "prompt_name", "prompt", "published", "rows": '
+        '[{"row", "label", "score"}, ...]}, every row (0-based)',
+    )
+    k.add_argument("--revision", help="a revision of DST (not with --publish: that adds to the latest)")
+    k.add_argument("--device", default="auto")
 
 
 def _verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -234,6 +276,66 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classify(args: argparse.Namespace) -> int:
+    from .classify import classify, parse_labels, publish
+    from .errors import UsageError
+    from .loader import load
+
+    # Checked before anything loads: a model takes seconds.
+    labels = parse_labels(args.labels)
+    if args.examples < 0:
+        raise UsageError(f"--examples must be 0 or more (got {args.examples})")
+    if args.publish and args.revision:
+        raise UsageError("--publish adds to DST's latest commit: drop --revision")
+    if args.device not in ("auto", "cpu"):
+        from .models import pick_devices
+
+        pick_devices(args.device)
+    published = None
+    if args.publish:
+        result, published = publish(args.dst, labels, column=args.column, device=args.device)
+    else:
+        result = classify(load(args.dst, args.revision, device=args.device), labels)
+    counts = result.counts()
+    if args.json:
+        head = {
+            "labels": result.labels,
+            "counts": counts,
+            "model": result.model,
+            "prompt_name": result.prompt_name,
+            "prompt": result.prompt,
+            "published": published,
+        }
+        out = sys.stdout
+        out.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [')
+        names = [json.dumps(n, ensure_ascii=False) for n in result.labels]
+        for i, (j, score) in enumerate(zip(result.label.tolist(), result.score.tolist(), strict=True)):
+            out.write(f'{", " if i else ""}{{"row": {i}, "label": {names[j]}, "score": {round(score, 6)}}}')
+        out.write("]}\n")
+        return 0
+    prompt = result.prompt_name or result.prompt
+    print(
+        f"{args.dst}: {plural(len(result), 'row')} labelled by {result.model}"
+        f"{f' (prompt {prompt!r})' if prompt else ''}"
+    )
+    width = max(len(n) for n in result.labels)
+    for name, n in counts.items():
+        print(f"  {name:<{width}}  {n:>9,}  {n / max(len(result), 1):6.1%}")
+    index = result.index
+    column = index.text_column if index is not None else None
+    if args.examples and index is not None and column is not None:
+        texts = index.column(column)
+        line = max(shutil.get_terminal_size((100, 24)).columns - 12, 40)
+        for name, rows in result.top(args.examples).items():
+            if len(rows):
+                print(f"{name}:")
+            for i in rows.tolist():
+                print(f"  {result.score[i]:.4f}  {_one_line(texts[i].as_py(), line)}")
+    if published is not None:
+        print(f"{args.dst}: added {args.column} and {args.column}_score, at {published}")
+    return 0
+
+
 def _one_line(text: Any, width: int) -> str:
     """TEXT on one line of at most WIDTH characters: the human format shortens, --json does not."""
     flat = " ".join(str(text).split())
@@ -252,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_workflow_command(args)
         if args.command == "build":
             return _build(args, progress)
+        if args.command == "classify":
+            return _classify(args)
         return _search(args)
     except HubembedError as exc:
         print(f"Error: {exc}", file=sys.stderr)

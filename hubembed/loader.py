@@ -19,8 +19,12 @@ from .source import FILE_BUILDERS
 from .vectors import cached_matrix, fingerprint, matrix
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import datasets
     import torch
+
+    from .classify import Classification
 
 log = logging.getLogger("hubembed")
 
@@ -228,6 +232,13 @@ class EmbeddedDataset:
         import torch
 
         return torch.from_numpy(self._embedder.embed_batch(queries))
+
+    def classify(self, labels: str | Sequence[str], **kwargs: Any) -> Classification:
+        """Each row's nearest of LABELS by cosine, with the model's classification prompt where
+        it has one (hubembed/classify.py)."""
+        from .classify import classify
+
+        return classify(self, labels, **kwargs)
 
     def search(self, query: Any, top_k: int = 10, *, by_text: bool = True) -> Any:
         """Top-k rows for QUERY: a string, a list of strings, or a tensor/array of vectors.

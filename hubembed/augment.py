@@ -1,0 +1,124 @@
+"""Add columns to an embedded dataset already published: DST's shards rewritten with them and
+its card updated, in one commit (a Hub repo) or one swap (a local folder), as a build is.
+
+What the new columns hold is computed from DST as loaded at the commit the push is made on
+top of, so a change pushed meanwhile fails the push instead of being overwritten. The shards
+are read and written a row group at a time: memory stays bounded whatever their size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import config
+from .card import METADATA_KEY, BuildRecord, read_metadata, render_card
+from .errors import DestinationError
+from .output import ShardWriter
+from .sink import Sink, open_sink
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .loader import EmbeddedDataset
+
+
+@dataclass
+class Added:
+    """Columns to add, one value per row in the rows' order (pyarrow arrays; a column of that
+    name already there is replaced), keys to set in the card's hubembed record, and columns to
+    remove."""
+
+    columns: dict[str, pa.Array]
+    record: dict[str, Any] = field(default_factory=dict)
+    drop: list[str] = field(default_factory=list)
+
+
+def add_columns(
+    dst: str,
+    compute: Callable[[EmbeddedDataset], Added],
+    *,
+    message: str,
+    token: str | None = None,
+    device: str = "auto",
+) -> str:
+    """Load DST, call COMPUTE on it, and publish DST with what it returns. Returns the commit
+    sha (a Hub repo) or the path (a folder). DST is left as it was on any error."""
+    from .loader import load
+
+    token = token if token is not None else config.hf_token()
+    sink = open_sink(dst, token=token, private=False)
+    sink.preflight()
+    meta = read_metadata(sink.existing_card() or "")
+    record = BuildRecord.from_dict(meta)
+    if record is None:
+        raise DestinationError(f"{dst} holds no hubembed build to add columns to; build it first")
+    if meta.get("layout") == "blog":
+        raise DestinationError(
+            f"{dst} is a --layout blog build, which stores only the vectors; columns can be added to "
+            "a build of the default layout"
+        )
+    index = load(sink.ref, sink.revision, token=token, device=device)
+    files = index.shard_files
+    if not files:
+        raise DestinationError(f"{dst} has no parquet shards to add columns to")
+    added = compute(index)
+    staged = sink.staging()
+    try:
+        _write(staged, files, added, meta, record, sink)
+    except BaseException:
+        sink.discard(staged)
+        raise
+    return sink.publish(staged, message)
+
+
+def _write(
+    staged: Path, files: list[Path], added: Added, meta: dict, record: BuildRecord, sink: Sink
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Features
+
+    old = pq.read_schema(files[0])
+    gone = {*added.drop, *added.columns}
+    fields = [f for f in old if f.name not in gone]
+    fields += [pa.field(name, values.type) for name, values in added.columns.items()]
+    # The old schema's metadata keeps the features of the columns kept (the vectors' fixed length).
+    features = Features.from_arrow_schema(pa.schema(fields, metadata=old.metadata))
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    wrong = [name for name, values in added.columns.items() if len(values) != rows]
+    if wrong:
+        raise ValueError(f"column {wrong[0]!r} has {len(added.columns[wrong[0]])} values for {rows} rows")
+    split = record.source["split"]
+    writer = ShardWriter(staged, split, features.arrow_schema)
+    offset = 0
+    try:
+        for path in files:
+            shard = pq.ParquetFile(path, memory_map=True)
+            for group in range(shard.num_row_groups):
+                table = shard.read_row_group(group)
+                table = table.drop_columns([c for c in gone if c in table.column_names])
+                for name, values in added.columns.items():
+                    table = table.append_column(name, values.slice(offset, table.num_rows))
+                offset += table.num_rows
+                writer.write(table)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    readme = render_card(
+        record, data_files=f"data/{split}-*", features=features, num_bytes=writer.num_bytes, dst=sink.ref
+    )
+    (staged / "README.md").write_text(_with_record(readme, {**meta, **added.record}), encoding="utf-8")
+
+
+def _with_record(readme: str, meta: dict[str, Any]) -> str:
+    """README with META as its hubembed record: the card's own record, keys BuildRecord does not
+    know included (render_card writes only those it knows)."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(readme)
+    card.data[METADATA_KEY] = meta
+    return str(card)
