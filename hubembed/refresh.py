@@ -28,15 +28,6 @@ HASH_COLUMN = "text_sha256"
 _KEY = "S16"
 
 
-def text_hashes(texts: list[str]) -> list[str]:
-    return [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-
-
-def digest_array(hashes: list[str]) -> np.ndarray:
-    """Hex digests as an S32 array (the checkpoints' form)."""
-    return np.frombuffer(bytes.fromhex("".join(hashes)), dtype="S32") if hashes else np.empty(0, "S32")
-
-
 class ReuseIndex:
     """text digest -> vector, over arrays of vectors that stay where they are."""
 

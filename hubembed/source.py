@@ -41,9 +41,10 @@ class SourceInfo:
 
 @dataclass
 class ResolvedSource:
-    """The files open_source reads for SRC, found without reading them.
+    """The files SRC means, found without reading them.
 
-    The Ray engine reads these itself; ``load_source`` reads them with `datasets`.
+    ``open_stream`` reads them: parquet files directly, other formats with `datasets`
+    (``load_source``).
     """
 
     info: SourceInfo
@@ -51,19 +52,6 @@ class ResolvedSource:
     files: list[str]  # local paths, or hf:// URLs pinned to the commit
     features: datasets.Features | None = None  # declared by the repo's card, if any
     builder: Any = field(default=None, repr=False)  # the Hub builder, so loading resolves nothing again
-
-
-def open_source(
-    src: str,
-    *,
-    revision: str | None = None,
-    config_name: str | None = None,
-    split: str | None = None,
-    token: str | None = None,
-) -> tuple[datasets.Dataset, SourceInfo]:
-    """Open SRC as one split of a datasets.Dataset. Raises SourceError for anything the user can fix."""
-    resolved = resolve_source(src, revision=revision, config_name=config_name, split=split, token=token)
-    return load_source(resolved), resolved.info
 
 
 def resolve_source(
