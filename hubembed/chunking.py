@@ -55,7 +55,6 @@ all-MiniLM-L6-v2, chunks of 256 tokens, semchunk counting exactly what the model
 
 from __future__ import annotations
 
-import json
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -139,38 +138,14 @@ class Chunker:
         """A chunker with RESOLVED's fast tokenizer and the prompt SETTINGS give.
         Raises ModelError where that tokenizer cannot be read (a model with a slow tokenizer only,
         or unreachable), ValueError as the constructor does."""
-        from .tokens import _files
+        from .tokens import model_tokenizer
 
-        folder = _files(resolved, token)
         try:
-            if folder is None:
-                raise FileNotFoundError("no tokenizer.json")
-            from tokenizers import Tokenizer
-            from tokenizers.normalizers import Lowercase, Sequence
-
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            st_config: dict[str, Any] = {}
-            if (folder / "sentence_bert_config.json").is_file():
-                st_config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
-            prompts: dict[str, Any] = {}
-            if (folder / "config_sentence_transformers.json").is_file():
-                config = json.loads(
-                    (folder / "config_sentence_transformers.json").read_text(encoding="utf-8")
-                )
-                prompts = config.get("prompts") or {}
-        except Exception as exc:
-            raise ModelError(
-                f"cannot chunk for model {resolved.model_id!r}: its fast tokenizer (tokenizer.json) "
-                f"cannot be read ({exc}); chunking counts tokens with it"
-            ) from exc
-        if st_config.get("do_lower_case"):
-            # As sentence-transformers does: lowercase before the tokenizer's own normalizer.
-            normalizer = tokenizer.normalizer
-            tokenizer.normalizer = Sequence([Lowercase(), normalizer] if normalizer else [Lowercase()])
-        prompt = settings.prompt or (prompts.get(settings.prompt_name) if settings.prompt_name else "") or ""
-        chunker = cls(tokenizer, max_tokens, overlap, prompt)
-        limit = getattr(settings, "seq_length", None) or st_config.get("max_seq_length")
-        chunker.model_max_length = limit if isinstance(limit, int) else None
+            model = model_tokenizer(resolved, settings, token)
+        except ModelError as exc:
+            raise ModelError(f"cannot chunk: {exc}; chunking counts tokens with it") from exc
+        chunker = cls(model.tokenizer, max_tokens, overlap, model.prompt)
+        chunker.model_max_length = model.max_seq_length
         return chunker
 
     def split(self, text: str) -> list[tuple[int, int]]:

@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import ModelError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -51,29 +54,14 @@ class TruncationCounter:
     ) -> TruncationCounter | None:
         """A counter for RESOLVED's tokenizer and limit, or None where they cannot be read
         without loading the model (then nothing is counted, and the card says so)."""
-        folder = _files(resolved, token)
-        if folder is None:
-            return None
         try:
-            from tokenizers import Tokenizer
-
-            limit = json.loads((folder / "sentence_bert_config.json").read_text()).get("max_seq_length")
-            positions = None
-            if (folder / "config.json").is_file():
-                positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
-            prompts: dict[str, Any] = {}
-            st_config = folder / "config_sentence_transformers.json"
-            if st_config.is_file():
-                prompts = json.loads(st_config.read_text()).get("prompts") or {}
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        except Exception as exc:  # unreadable or unusual files: then nothing is counted
-            log.debug("cannot count truncated texts for %s: %s", resolved.model_id, exc)
+            model = model_tokenizer(resolved, settings, token)
+        except ModelError as exc:
+            log.debug("cannot count truncated texts: %s", exc)
             return None
-        limit = settings.seq_length or limit
-        if not isinstance(limit, int) or limit < 1:
+        if model.max_seq_length is None:
             return None
-        prompt = settings.prompt or (prompts.get(settings.prompt_name) if settings.prompt_name else "") or ""
-        return cls(tokenizer, limit, prompt, positions if isinstance(positions, int) else None)
+        return cls(model.tokenizer, model.max_seq_length, model.prompt, model.positions)
 
     def count(self, texts: pa.ChunkedArray | pa.Array, keep: np.ndarray | None = None) -> int:
         """How many of TEXTS (where KEEP, a mask, is true) the model would cut short."""
@@ -87,6 +75,54 @@ class TruncationCounter:
         candidates = texts.filter(long).to_pylist()
         encoded = self.tokenizer.encode_batch([self.prompt + t for t in candidates])
         return sum(len(e.ids) > self.max_tokens for e in encoded)
+
+
+@dataclass
+class ModelTokenizer:
+    """A model's fast tokenizer as the model runs it, and what the model reads, from its files:
+    what the truncation count and the chunker need, without loading the model."""
+
+    tokenizer: Any  # tokenizers.Tokenizer, its normalizer lowercasing where the model does
+    max_seq_length: int | None  # --max-seq-length, else the model's own limit; None: unknown
+    positions: int | None  # the most tokens the model can read at all (its position limit)
+    prompt: str  # put before every text
+
+
+def model_tokenizer(
+    resolved: ResolvedModel, settings: EmbedSettings, token: str | None = None
+) -> ModelTokenizer:
+    """RESOLVED's fast tokenizer, limits and prompt for SETTINGS. Raises ModelError where its
+    tokenizer.json cannot be read (a model with a slow tokenizer only, or out of reach)."""
+    folder = _files(resolved, token)
+    try:
+        if folder is None:
+            raise FileNotFoundError("no tokenizer.json")
+        from tokenizers import Tokenizer
+        from tokenizers.normalizers import Lowercase, Sequence
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        st_config, config, model_config = (
+            json.loads((folder / name).read_text(encoding="utf-8")) if (folder / name).is_file() else {}
+            for name in _FILES[1:]
+        )
+    except Exception as exc:
+        raise ModelError(
+            f"the fast tokenizer (tokenizer.json) of model {resolved.model_id!r} cannot be read: {exc}"
+        ) from exc
+    if st_config.get("do_lower_case"):
+        # As sentence-transformers does: lowercase before the tokenizer's own normalizer.
+        normalizer = tokenizer.normalizer
+        tokenizer.normalizer = Sequence([Lowercase(), normalizer] if normalizer else [Lowercase()])
+    limit = settings.seq_length or st_config.get("max_seq_length")
+    positions = config.get("max_position_embeddings")
+    prompts = model_config.get("prompts") or {}
+    prompt = settings.prompt or (prompts.get(settings.prompt_name) if settings.prompt_name else "") or ""
+    return ModelTokenizer(
+        tokenizer,
+        limit if isinstance(limit, int) and limit >= 1 else None,
+        positions if isinstance(positions, int) else None,
+        prompt,
+    )
 
 
 def _files(resolved: ResolvedModel, token: str | None) -> Path | None:
