@@ -204,8 +204,11 @@ def _read(
             keep = ~bad
             table, texts = table.filter(keep), texts.filter(keep)
         if chunking is not None:
-            table, texts = _chunks(table, column, texts, chunking.chunker, offset + np.flatnonzero(~bad))
-        values = texts.to_pylist()
+            table, texts, values = _chunks(
+                table, column, texts, chunking.chunker, offset + np.flatnonzero(~bad)
+            )
+        else:
+            values = texts.to_pylist()
         digests = b"".join(sha256(t.encode("utf-8")).digest() for t in values)
         truncated = counter.count(texts) if counter is not None else 0
         put(_Block(table, texts, np.frombuffer(digests, dtype="S32"), bad, truncated))
@@ -214,30 +217,40 @@ def _read(
 
 def _chunks(
     table: pa.Table, column: str, texts: pa.ChunkedArray, chunker: Any, source_rows: np.ndarray
-) -> tuple[pa.Table, pa.ChunkedArray]:
-    """TABLE with a row per chunk of each text: the row's other columns, then CHUNK_COLUMNS.
+) -> tuple[pa.Table, pa.ChunkedArray, list[str]]:
+    """TABLE with a row per chunk of each text: the row's other columns, then CHUNK_COLUMNS;
+    and the chunks' texts, as Arrow and as a list.
 
     The whole text (COLUMN) is not repeated in each of its chunks' rows: a 5,000-word document
     in 30 chunks would be held and stored 30 times. `source_row` and the offsets point into it.
     """
     import pyarrow as pa
 
-    values = texts.to_pylist()
-    spans = chunker.split_many(values)
-    counts = np.array([len(s) for s in spans], dtype=np.int64)
-    owner = np.repeat(np.arange(len(values)), counts)
-    starts = np.array([a for s in spans for a, _ in s], dtype=np.int64)
-    ends = np.array([b for s in spans for _, b in s], dtype=np.int64)
-    pieces = pa.array([values[o][a:b] for o, a, b in zip(owner, starts, ends, strict=True)], pa.string())
-    index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else owner
+    pieces, owner, index, starts, ends = _split(chunker, texts.to_pylist())
+    chunk_texts = pa.array(pieces, pa.string())
     out = table.drop_columns([column]).take(pa.array(owner))
     for name, array in zip(
         CHUNK_COLUMNS,
-        (pieces, pa.array(index, pa.int32()), pa.array(starts), pa.array(ends), pa.array(source_rows[owner])),
+        (chunk_texts, pa.array(index), pa.array(starts), pa.array(ends), pa.array(source_rows[owner])),
         strict=True,
     ):
         out = out.append_column(name, array)
-    return out, pa.chunked_array([pieces])
+    return out, pa.chunked_array([chunk_texts]), pieces
+
+
+def _split(
+    chunker: Any, values: list[str]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The chunks of VALUES: their texts, the value each comes from, its place among that
+    value's chunks, and its character offsets in it."""
+    spans = chunker.split_many(values)
+    counts = np.array([len(s) for s in spans], dtype=np.int64)
+    owner = np.repeat(np.arange(len(values)), counts)
+    index = (np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
+    starts = np.array([a for s in spans for a, _ in s], dtype=np.int64)
+    ends = np.array([b for s in spans for _, b in s], dtype=np.int64)
+    pieces = [values[o][a:b] for o, a, b in zip(owner, starts, ends, strict=True)]
+    return pieces, owner, index, starts, ends
 
 
 def _vectors(
@@ -278,11 +291,11 @@ def _vectors(
         run.on_batch = save
         texts = block.texts.take(todo[order]).to_pylist()
         if pool is not None:
-            fresh, embedded = _pooled(texts, pool, engine, run, advance)
+            fresh = _pooled(texts, pool, engine, run, advance)
             checkpoint.save(todo_digests, fresh, time.perf_counter() - started)
         else:
             fresh = engine.embed(texts, run)
-            embedded = len(texts)
+        embedded = len(texts)
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
         vectors = np.empty((len(known), fresh.shape[1]), dtype=np.float32)
@@ -303,17 +316,14 @@ def _vectors(
 
 def _pooled(
     texts: list[str], pool: Chunking, engine: Engine, run: EmbedRun, advance: Callable[[int], Any]
-) -> tuple[np.ndarray, int]:
+) -> np.ndarray:
     """One vector per text: the mean of its chunks' vectors (unit length again where the build
-    normalises), and how many chunks were embedded. Saved per block, not per piece: a piece
-    holds parts of texts."""
+    normalises). Saved per block, not per piece: a piece holds parts of texts."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    spans = pool.chunker.split_many(texts)
-    counts = np.array([len(s) for s in spans], dtype=np.int64)
-    owner = np.repeat(np.arange(len(texts)), counts)
-    pieces = [t[a:b] for t, s in zip(texts, spans, strict=True) for a, b in s]
+    pieces, owner, _, _, _ = _split(pool.chunker, texts)
+    counts = np.bincount(owner, minlength=len(texts))
     order = np.argsort(-pc.utf8_length(pa.array(pieces, pa.string())).to_numpy(), kind="stable")
     run.on_batch = lambda start, piece: advance(len(piece))
     vectors = engine.embed([pieces[i] for i in order], run)
@@ -322,7 +332,7 @@ def _pooled(
     pooled /= np.maximum(counts, 1)[:, None]
     if pool.normalize:
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    return pooled.astype(np.float32), len(pieces)
+    return pooled.astype(np.float32)
 
 
 def hex_digests(digests: np.ndarray) -> pa.Array:

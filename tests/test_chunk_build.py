@@ -170,6 +170,7 @@ def test_pool_mean_gives_one_normalised_vector_per_document(tmp_path, corpus, st
     result = hubembed.build(str(path), str(dst), column="text", chunk=200, pool="mean", progress=False)
     index = hubembed.load(str(dst))
     assert result.rows == 4 and "chunk" not in index.dataset.column_names
+    assert result.embedded == 4  # texts, each through its chunks: "N embedded, rows - N reused"
     assert index.metadata["pooling"] == "mean/200/0" and index.metadata["normalized"] is True
     from hubembed.chunking import Chunker
     from hubembed.embedder import EmbedSettings
