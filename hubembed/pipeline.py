@@ -21,7 +21,7 @@ from .card import BuildRecord, read_metadata, truncation_note
 from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
 from .errors import ColumnError, DestinationError, ModelError, UsageError
-from .models import check_prompt_name, load_model, pick_devices, resolve_model
+from .models import ResolvedModel, check_prompt_name, load_model, pick_devices, resolve_model
 from .options import ONNX_PRECISION, BuildOptions
 from .output import BlogOutput, ShardOutput
 from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
@@ -87,8 +87,8 @@ def build(
     sink.preflight()
     previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
 
-    make, model_fields, counter = _embedder(opts, token, embedder_factory)
-    chunking = _chunking(opts, token, counter)
+    make, model_fields, counter, resolved_model = _embedder(opts, token, embedder_factory)
+    chunking = _chunking(opts, token, counter, resolved_model)
     resolved = resolve_source(
         s.src, revision=s.revision, config_name=s.config_name, split=s.split, token=token
     )
@@ -139,14 +139,13 @@ def build(
     else:
         if previous is not None and not same_settings:
             log.info("the model or embedding settings changed: re-embedding everything")
-        elif previous is not None and previous.chunking != record.chunking:
-            log.info("the chunking changed: every row is written again, unchanged chunks reused")
+        elif previous is not None and previous.layout != o.layout and previous.chunking == record.chunking:
+            log.info("the layout changed (%s -> %s): embedding every row again", previous.layout, o.layout)
+        elif previous is not None:
+            if previous.chunking != record.chunking:
+                log.info("the chunking changed: every row is written again, unchanged chunks reused")
             if previous.hash_column == HASH_COLUMN:
                 _add_previous(sink, reuse)
-        elif previous is not None and previous.layout != o.layout:
-            log.info("the layout changed (%s -> %s): embedding every row again", previous.layout, o.layout)
-        elif previous is not None and previous.hash_column == HASH_COLUMN:
-            _add_previous(sink, reuse)
         resumed = checkpoint.load_into(reuse)
         if resumed:
             log.info("resuming: %d vectors saved by an interrupted build", resumed)
@@ -215,22 +214,27 @@ def build(
 
 def _embedder(
     opts: BuildOptions, token: str | None, factory: EmbedderFactory | None
-) -> tuple[MakeEmbedder, dict[str, Any], TruncationCounter | None]:
+) -> tuple[MakeEmbedder, dict[str, Any], TruncationCounter | None, ResolvedModel | None]:
     """How to make the embedder (where it runs: here, or on each Ray actor), the card's model
-    fields, and what counts the texts the model cuts short (None: a remote model or a given
-    embedder, whose tokenizer is not at hand). The model is resolved here, once; the device
-    where the model loads."""
+    fields, what counts the texts the model cuts short (None: a remote model or a given
+    embedder, whose tokenizer is not at hand), and the local model (None for those). The model
+    is resolved here, once; the device where the model loads."""
     e = opts.embedding
     settings = e.settings
     if factory is not None:
         embedder, meta = factory(settings)
         fields = {k: meta.get(k) for k in ("model", "model_revision", "model_origin")}
         query = {k: meta.get(k) for k in _NO_QUERY}
-        return partial(_made, embedder, query), fields, None
+        return partial(_made, embedder, query), fields, None, None
     if e.remote:
         origin = f"remote ({e.remote})"
         make = partial(_remote_embedder, e.remote, e.api, e.model, settings, token, e.concurrency)
-        return make, {"model": e.model, "model_revision": e.model_revision, "model_origin": origin}, None
+        return (
+            make,
+            {"model": e.model, "model_revision": e.model_revision, "model_origin": origin},
+            None,
+            None,
+        )
     resolved = resolve_model(e.model, revision=e.model_revision, token=token)
     # Refused before the source is read or the model loads (seconds): a prompt the model's
     # config does not have, a GPU this machine does not have (on Ray, the workers' GPUs count).
@@ -247,7 +251,7 @@ def _embedder(
         "backend": e.backend,  # not in the settings fingerprint: onnx gives torch's vectors
         "precision": e.precision,  # in the fingerprint: int8 vectors are close, not the same
     }
-    return make, fields, TruncationCounter.for_model(resolved, settings, token)
+    return make, fields, TruncationCounter.for_model(resolved, settings, token), resolved
 
 
 def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
@@ -272,7 +276,9 @@ def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
     reuse.add(np.concatenate(keys) if keys else np.empty(0, "S16"), vectors)
 
 
-def _chunking(opts: BuildOptions, token: str | None, counter: TruncationCounter | None) -> Chunking | None:
+def _chunking(
+    opts: BuildOptions, token: str | None, counter: TruncationCounter | None, resolved: ResolvedModel | None
+) -> Chunking | None:
     """The chunker for --chunk, checked against what the model reads, before any work."""
     e = opts.embedding
     if (
@@ -300,7 +306,7 @@ def _chunking(opts: BuildOptions, token: str | None, counter: TruncationCounter 
             f"--chunk {e.chunk} is more than {e.model} reads ({limit} tokens): lower --chunk{more}"
         )
     # The model's tokenizer counts the tokens (a given embedder's build uses --model's).
-    resolved = resolve_model(e.model, revision=e.model_revision, token=token)
+    resolved = resolved or resolve_model(e.model, revision=e.model_revision, token=token)
     try:
         chunker = Chunker.for_model(resolved, e.settings, e.chunk, e.overlap, token=token)
     except ValueError as exc:  # a --chunk too small for the prompt and special tokens
