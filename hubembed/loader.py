@@ -255,25 +255,7 @@ class EmbeddedDataset:
         vectors: Any = query
         if isinstance(query, list) and all(isinstance(q, str) for q in query):
             vectors = self._embedder.embed_batch(query)
-        if "torch" in sys.modules:
-            import torch
-
-            vectors = torch.as_tensor(np.asarray(vectors) if isinstance(vectors, list) else vectors)
-            norms = self._corpus_norms
-            hits = semantic_search(
-                vectors, self.embeddings, top_k=top_k, normalized=norms is None, corpus_norms=norms
-            )
-        else:  # nothing needed torch (the query went through the ONNX export): spare its import
-            from .query import search_numpy
-
-            numpy_norms = self._numpy_norms
-            hits = search_numpy(
-                np.asarray(vectors),
-                self._matrix,
-                top_k,
-                normalized=numpy_norms is None,
-                corpus_norms=numpy_norms,
-            )
+        hits = self._top_k(vectors, top_k)
         if self.chunked and by_text:
             hits = self._best_chunks(hits, vectors, top_k)
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
@@ -296,6 +278,24 @@ class EmbeddedDataset:
                     hit["document"] = row.pop("source_row")
         return hits[0] if single else hits
 
+    def _top_k(self, vectors: Any, top_k: int) -> list[list[dict[str, Any]]]:
+        """The top_k rows of each of VECTORS: through torch where something has imported it,
+        else numpy (a query embedded by the ONNX export spares torch's import)."""
+        if "torch" in sys.modules:
+            import torch
+
+            vectors = torch.as_tensor(np.asarray(vectors) if isinstance(vectors, list) else vectors)
+            norms = self._corpus_norms
+            return semantic_search(
+                vectors, self.embeddings, top_k=top_k, normalized=norms is None, corpus_norms=norms
+            )
+        from .query import search_numpy
+
+        numpy_norms = self._numpy_norms
+        return search_numpy(
+            np.asarray(vectors), self._matrix, top_k, normalized=numpy_norms is None, corpus_norms=numpy_norms
+        )
+
     def _best_chunks(self, hits: list[list[dict[str, Any]]], vectors: Any, top_k: int) -> list[list[dict]]:
         """Of each query's chunk hits, the best chunk of each of the top_k best texts: chunk hits
         are fetched in growing numbers until top_k texts are among them (or all chunks are)."""
@@ -304,7 +304,7 @@ class EmbeddedDataset:
         fetch = max(len(per_query) for per_query in hits)
         while any(len(w) < top_k for w in wanted) and fetch < len(documents):
             fetch = min(fetch * 4, len(documents))
-            more = self.search(vectors, top_k=fetch, by_text=False)  # VECTORS: one list per query
+            more = self._top_k(vectors, fetch)
             wanted = [self._first_texts(per_query, documents, top_k) for per_query in more]
         return wanted
 
