@@ -285,23 +285,46 @@ class OnnxEmbedder(Embedder):
                 feed["token_type_ids"][r, span] = types[i]
         session = self.session if width > self.fp32_up_to else self.fp32_session
         hidden = session.run(None, {n: feed[n] for n in self.input_names})[0]
-        mask = feed["attention_mask"]
-        if self.prompt_length:
-            # Like Pooling(include_prompt=False): the prompt's tokens are attended to, not pooled.
-            first = mask.argmax(axis=1)[:, None]
-            mask = mask * (np.arange(width)[None, :] >= first + self.prompt_length)
-        if self.pooling == "cls":
-            vectors = hidden[np.arange(len(rows)), mask.argmax(axis=1)]
-        else:
-            weights = mask[:, :, None].astype(np.float32)
-            vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self._model_normalizes:
-            vectors = _unit(vectors)
-        if self.truncate_dim:
-            vectors = vectors[:, : self.truncate_dim]
-        if self.settings.normalize:
-            vectors = _unit(vectors)
-        return vectors.astype(np.float32, copy=False)
+        return pool_outputs(
+            hidden,
+            feed["attention_mask"],
+            prompt_length=self.prompt_length,
+            pooling=self.pooling,
+            model_normalizes=self._model_normalizes,
+            truncate_dim=self.truncate_dim,
+            normalize=self.settings.normalize,
+        )
+
+
+def pool_outputs(
+    hidden: np.ndarray,
+    mask: np.ndarray,
+    *,
+    prompt_length: int,
+    pooling: str,
+    model_normalizes: bool,
+    truncate_dim: int | None,
+    normalize: bool,
+) -> np.ndarray:
+    """What sentence-transformers does after the transformer, on its token outputs HIDDEN:
+    the pooling (CLS, else the mean over MASK), the model's own Normalize, truncate_dim, then
+    the build's normalisation. Shared by the onnx backend and hubembed/query.py."""
+    if prompt_length:
+        # Like Pooling(include_prompt=False): the prompt's tokens are attended to, not pooled.
+        first = mask.argmax(axis=1)[:, None]
+        mask = mask * (np.arange(mask.shape[1])[None, :] >= first + prompt_length)
+    if pooling == "cls":
+        vectors = hidden[np.arange(len(hidden)), mask.argmax(axis=1)]
+    else:
+        weights = mask[:, :, None].astype(np.float32)
+        vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    if model_normalizes:
+        vectors = _unit(vectors)
+    if truncate_dim:
+        vectors = vectors[:, :truncate_dim]
+    if normalize:
+        vectors = _unit(vectors)
+    return vectors.astype(np.float32, copy=False)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

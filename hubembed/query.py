@@ -34,6 +34,7 @@ import numpy as np
 
 from . import config
 from .embedder import Embedder, EmbedSettings
+from .onnx_embedder import pool_outputs
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -217,27 +218,15 @@ class QueryEmbedder(Embedder):
             types[r, span] = e.type_ids
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         hidden = self.session.run(None, {name: feed[name] for name in self.input_names})[0]
-        if self.prompt_length:
-            # Like Pooling(include_prompt=False): the prompt's tokens are attended to, not pooled.
-            first = mask.argmax(axis=1)[:, None]
-            mask = mask * (np.arange(width)[None, :] >= first + self.prompt_length)
-        if self.pooling == "cls":
-            vectors = hidden[np.arange(n), mask.argmax(axis=1)]
-        else:
-            weights = mask[:, :, None].astype(np.float32)
-            vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self.model_normalizes:
-            vectors = _unit(vectors)
-        if self.truncate_dim:
-            vectors = vectors[:, : self.truncate_dim]
-        if self.settings.normalize:
-            vectors = _unit(vectors)
-        return np.asarray(vectors, dtype=np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    # torch.nn.functional.normalize's eps, so an all-zero row stays zero as in sentence-transformers
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return pool_outputs(
+            hidden,
+            mask,
+            prompt_length=self.prompt_length,
+            pooling=self.pooling,
+            model_normalizes=self.model_normalizes,
+            truncate_dim=self.truncate_dim,
+            normalize=self.settings.normalize,
+        )
 
 
 def _current_record(stem: str, location: str, revision: str | None) -> dict[str, Any] | None:
