@@ -68,10 +68,10 @@ def add_columns(
     staged = sink.staging()
     try:
         _write(staged, files, added, meta, record, sink)
+        return sink.publish(staged, message)
     except BaseException:
-        sink.discard(staged)
+        sink.discard(staged)  # as a build does: nothing staged is left behind, DST as it was
         raise
-    return sink.publish(staged, message)
 
 
 def _write(
