@@ -228,13 +228,12 @@ def _chunks(
 
     pieces, owner, index, starts, ends = _split(chunker, texts.to_pylist())
     chunk_texts = pa.array(pieces, pa.string())
-    out = table.drop_columns([column]).take(pa.array(owner))
-    for name, array in zip(
-        CHUNK_COLUMNS,
-        (chunk_texts, pa.array(index), pa.array(starts), pa.array(ends), pa.array(source_rows[owner])),
-        strict=True,
-    ):
-        out = out.append_column(name, array)
+    rest = table.drop_columns([column]).take(pa.array(owner))
+    # Built from columns, not appended to REST: a table with no columns left takes 0 rows.
+    arrays = (chunk_texts, pa.array(index), pa.array(starts), pa.array(ends), pa.array(source_rows[owner]))
+    out = pa.table(
+        [*rest.columns, *arrays], names=[*rest.column_names, *CHUNK_COLUMNS], metadata=rest.schema.metadata
+    )
     return out, pa.chunked_array([chunk_texts]), pieces
 
 

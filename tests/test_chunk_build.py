@@ -257,3 +257,22 @@ def test_max_seq_length_raises_what_the_model_reads_up_to_its_position_limit(tmp
     cut = st_model.encode([long], normalize_embeddings=True)[0]
     vector = index.embeddings.numpy()[0]
     assert float(vector @ whole) > 0.9999 and float(vector @ cut) < 0.9999
+
+
+def test_a_source_with_only_the_text_column_is_chunked_too(tmp_path, corpus):
+    path, docs = corpus
+    only_text = tmp_path / "only.jsonl"
+    only_text.write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in docs))
+    dst = tmp_path / "o"
+    recorded_build(only_text, dst, Recorder(), column="text", chunk=100)
+    ds = hubembed.load(str(dst)).dataset
+    assert set(ds.column_names) - {"embedding", "text_sha256"} == {
+        "chunk",
+        "chunk_index",
+        "chunk_start",
+        "chunk_end",
+        "source_row",
+    }
+    assert sorted(set(ds["source_row"])) == [0, 1, 2, 3]
+    for row in ds:
+        assert docs[row["source_row"]]["text"][row["chunk_start"] : row["chunk_end"]] == row["chunk"]
