@@ -18,7 +18,7 @@ from typing import Any
 
 # parquet.thrift: PageType and Encoding values.
 _DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3
-_PLAIN = 0
+_PLAIN, _RLE = 0, 3
 # Thrift compact protocol field types.
 _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
 
@@ -106,7 +106,7 @@ def _page_header(data: bytes) -> tuple[dict[str, int], int]:
     r = _Reader(data)
     out: dict[str, int] = {}
     sub_names = {
-        5: {1: "num_values", 2: "encoding"},
+        5: {1: "num_values", 2: "encoding", 3: "def_encoding", 4: "rep_encoding"},
         8: {1: "num_values", 2: "num_nulls", 4: "encoding", 5: "def_bytes", 6: "rep_bytes", 7: "compressed"},
     }
 
@@ -174,7 +174,7 @@ def plain_ranges(
                     if sum(length for _, _, length in found) != rows * dimension * 4:
                         return None  # null vectors or elements: fewer values than rows x d
                     ranges.extend(found)
-    except (_Unknown, KeyError, OSError):
+    except (_Unknown, KeyError, OSError, struct.error):
         return None
     return (dimension, ranges) if dimension else None
 
@@ -194,6 +194,8 @@ def _chunk_ranges(
             raise _Unknown(f"page {header}")
         kind = header.get("type")
         if kind == _DATA_PAGE:
+            if {header.get("def_encoding", _RLE), header.get("rep_encoding", _RLE)} != {_RLE}:
+                raise _Unknown("levels not RLE: no length before them")
             levels = 0
             for present in (max_rep > 0, max_def > 0):
                 if present:  # v1 levels: a 4-byte length, then the RLE runs
