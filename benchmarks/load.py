@@ -7,8 +7,10 @@ Generates seeded random unit vectors (no downloads) and writes them twice: a hub
 blog's embeddings.csv. The blog's path is its own code:
 ``torch.from_numpy(load_dataset(folder)["train"].to_pandas().to_numpy()).to(torch.float)``,
 timed with datasets' cache already made (its first CSV -> Arrow conversion is reported
-apart). hubembed.load is timed both ways: its first load of a build, which decodes the
-shards' vectors into hubembed's cache, and a later one, which memory-maps them. Each measurement runs in a fresh process, imports done first, files in the page
+apart). hubembed.load is timed three ways: its first load of a build, which maps the build's
+vectors/train.npy; the first load of the same shards without that file (a build made before
+builds wrote it), which copies the shards' vector pages into hubembed's cache; and a later
+one. Each measurement runs in a fresh process, imports done first, files in the page
 cache: time, and the peak resident memory (VmHWM, reset just before) above the resident
 memory at the start. Paths run in interleaved rounds; the best round counts.
 """
@@ -33,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PEER = "blog: load_dataset(csv) -> to_pandas -> to_numpy -> torch"
 PATHS = {
     "blog": PEER,
-    "hubembed-first": "hubembed.load(folder).embeddings, first load (decodes into its cache)",
+    "hubembed-first": "hubembed.load(folder).embeddings, first load (maps the build's vectors/train.npy)",
+    "hubembed-pages": "the same, first load of the shards alone (copies their vector pages into its cache)",
     "hubembed": "hubembed.load(folder).embeddings",
-    "floor": "pyarrow.parquet.read_table of the shard + zero-copy view",
+    "floor": "pyarrow.parquet.read_table of the shard's vectors + a view per row group, joined",
 }
 
 
@@ -71,6 +74,8 @@ def child(path: str, work: Path) -> None:
     start = time.perf_counter()
     if path == "blog":
         ds = load_dataset(str(work / "blog"))
+    elif path == "hubembed-pages":
+        index = hubembed.load(str(work / "shards-only"))
     elif path.startswith("hubembed"):
         index = hubembed.load(str(work / "hubembed"))
     else:
@@ -85,7 +90,12 @@ def child(path: str, work: Path) -> None:
     elif path.startswith("hubembed"):
         tensor = index.embeddings
     else:
-        values = np.frombuffer(table.column("embedding").chunks[0].flatten().buffers()[1], np.float32)
+        # One view per chunk (a row group each), joined: a copy only where there are several.
+        views = []
+        for chunk in table.column("embedding").chunks:
+            flat = chunk.flatten()
+            views.append(np.frombuffer(flat.buffers()[1], np.float32, len(flat), flat.offset * 4))
+        values = views[0] if len(views) == 1 else np.concatenate(views)
         tensor = torch.from_numpy(values.reshape(table.num_rows, -1))
     end = time.perf_counter()
     after = _status()
@@ -111,7 +121,7 @@ def _mib(size: int, tensor_bytes: int) -> str:
 
 
 def run_child(path: str, work: Path) -> dict:
-    if path == "hubembed-first":
+    if path in ("hubembed-first", "hubembed-pages"):
         shutil.rmtree(Path(os.environ["HUBEMBED_CACHE"]) / "vectors", ignore_errors=True)
     done = subprocess.run(
         [sys.executable, __file__, "--child", path, "--work", str(work)],
@@ -158,6 +168,9 @@ def main() -> None:
         start = time.perf_counter()
         build_dataset(work / "hubembed", vectors, work)
         built = time.perf_counter() - start
+        # The same build without its vectors/ (as one made before builds wrote it): shards only.
+        shutil.rmtree(work / "shards-only", ignore_errors=True)
+        shutil.copytree(work / "hubembed", work / "shards-only", ignore=shutil.ignore_patterns("vectors"))
         start = time.perf_counter()
         write_blog_csv(work / "blog", vectors)
         written = time.perf_counter() - start
@@ -180,6 +193,7 @@ def main() -> None:
         )
         sizes = {
             "hubembed build (parquet)": sum(f.stat().st_size for f in (work / "hubembed" / "data").iterdir()),
+            "its vectors/train.npy": (work / "hubembed" / "vectors" / "train.npy").stat().st_size,
             "blog CSV": (work / "blog" / "embeddings.csv").stat().st_size,
         }
         print(

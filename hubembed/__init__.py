@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildResult", "EmbeddedDataset", "__version__", "build", "load", "semantic_search"]
+__all__ = ["BuildResult", "EmbeddedDataset", "__version__", "build", "export", "load", "semantic_search"]
 
 if TYPE_CHECKING:
+    from .exporter import export
     from .loader import EmbeddedDataset, load
     from .pipeline import BuildResult, build
     from .search import semantic_search
@@ -25,6 +26,7 @@ _LAZY = {
     "load": "loader",
     "EmbeddedDataset": "loader",
     "semantic_search": "search",
+    "export": "exporter",
 }
 
 

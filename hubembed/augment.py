@@ -18,6 +18,7 @@ from .card import METADATA_KEY, BuildRecord, read_metadata, render_card
 from .errors import DestinationError
 from .output import ShardWriter
 from .sink import Sink, open_sink
+from .vectors import write_published
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,10 +105,11 @@ def _write(
                     table = table.append_column(name, values.slice(offset, table.num_rows))
                 offset += table.num_rows
                 writer.write(table)
-        writer.close()
+        shards = writer.close()
     except BaseException:
         writer.abort()
         raise
+    write_published(shards, config.EMBEDDING_COLUMN, staged)  # as a build does: same vectors
     readme = render_card(
         record, data_files=f"data/{split}-*", features=features, num_bytes=writer.num_bytes, dst=sink.ref
     )

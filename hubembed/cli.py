@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         help='print hits as a JSON list of {"rank", "corpus_id", "score", "row"}, rows whole',
     )
     _classify_parser(commands, common)
+    _export_parser(commands, common)
     add_workflow_parser(commands, build_parser=b)
     return parser
 
@@ -187,6 +188,24 @@ def _classify_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     k.add_argument("--revision", help="a revision of DST (not with --publish: that adds to the latest)")
     k.add_argument("--device", default="auto")
+
+
+def _export_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    x = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write an embedded dataset to a vector store",
+        description="Write DST's rows and vectors to PATH as a Lance dataset with a vector index "
+        "(IVF_FLAT, cosine): open it with lance.dataset(PATH) and search it with "
+        "to_table(nearest=...), no server needed. A chunked build exports one row per chunk.",
+    )
+    x.add_argument("dst", metavar="DST", help="a Hub dataset id or a local folder built by hubembed")
+    x.add_argument(
+        "--to", nargs=2, required=True, metavar=("FORMAT", "PATH"), help="the format (lance) and a new folder"
+    )
+    x.add_argument("--force", action="store_true", help="replace a Lance dataset already at PATH")
+    x.add_argument("--no-index", dest="index", action="store_false", help="write the rows without an index")
+    x.add_argument("--revision", help="a revision of DST")
 
 
 def _verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -336,6 +355,19 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .exporter import export
+
+    fmt, path = args.to
+    result = export(args.dst, to=fmt, path=path, force=args.force, index=args.index, revision=args.revision)
+    index = f"{result.index} index on {result.vector_column!r}" if result.index else "no index"
+    print(
+        f"{args.dst}: {plural(result.rows, 'row')}, {result.dimension}-d, exported to {fmt} at {result.path} "
+        f"({index})"
+    )
+    return 0
+
+
 def _one_line(text: Any, width: int) -> str:
     """TEXT on one line of at most WIDTH characters: the human format shortens, --json does not."""
     flat = " ".join(str(text).split())
@@ -356,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(args, progress)
         if args.command == "classify":
             return _classify(args)
+        if args.command == "export":
+            return _export(args)
         return _search(args)
     except HubembedError as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from .embedder import Embedder, EmbedSettings
 from .errors import ColumnError, HubUnreachableError, SourceError
 from .search import semantic_search
 from .source import FILE_BUILDERS
-from .vectors import cached_matrix, fingerprint, matrix
+from .vectors import PUBLISHED_FOLDER, cached_matrix, fingerprint, matrix
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -526,7 +526,8 @@ def _load_hub(
                 repo_id,
                 repo_type="dataset",
                 revision=revision,
-                allow_patterns=[f"data/{split}-*.parquet"],
+                # With the build's .npy of the vectors, which the first load maps as it is.
+                allow_patterns=[f"data/{split}-*.parquet", f"{PUBLISHED_FOLDER}/{split}.npy"],
                 token=token,
                 local_files_only=offline,
             )

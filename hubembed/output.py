@@ -17,6 +17,7 @@ import numpy as np
 from . import config
 from .card import BuildRecord, render_card
 from .refresh import HASH_COLUMN
+from .vectors import write_published
 
 if TYPE_CHECKING:
     import datasets
@@ -207,7 +208,10 @@ class ShardOutput(Output):
 
     def finish(self, record: BuildRecord) -> None:
         assert self._writer is not None, "a build writes at least one row"
-        self._writer.close()
+        shards = self._writer.close()
+        # The vectors once more, as one .npy a load maps without decoding or copying
+        # (benchmarks/README.md, "Load"); load_dataset and the viewer read only data/.
+        write_published(shards, config.EMBEDDING_COLUMN, self.staged)
         readme = render_card(
             record,
             data_files=f"data/{self.split}-*",

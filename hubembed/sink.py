@@ -20,7 +20,7 @@ from .errors import AuthError, DestinationError, HubembedError, HubUnreachableEr
 log = logging.getLogger("hubembed")
 
 # Files a build owns in DST; anything else already there is left alone.
-OWNED_PREFIXES = ("data/", "embeddings.csv", "README.md")
+OWNED_PREFIXES = ("data/", "vectors/", "embeddings.csv", "README.md")
 
 
 class Sink(ABC):
@@ -98,7 +98,8 @@ class LocalSink(Sink):
             self.path.rename(old)
             # Keep files the user added beside a previous build.
             for entry in old.iterdir():
-                if not entry.name.startswith(OWNED_PREFIXES) and not (staged / entry.name).exists():
+                name = f"{entry.name}/" if entry.is_dir() else entry.name  # "data/", as prefixes are
+                if not name.startswith(OWNED_PREFIXES) and not (staged / entry.name).exists():
                     entry.rename(staged / entry.name)
         staged.rename(self.path)
         if old is not None:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import config
+from ._pages import Range, plain_ranges
 from .errors import ColumnError
 
 log = logging.getLogger("hubembed")
@@ -119,6 +120,9 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     if n == 0:
         return matrix(pq.read_table(files[0], columns=[column]), [column])
+    beside = published(files, column, n)
+    if beside is not None:
+        return beside
     folder = config.cache_dir() / "vectors"
     stem = hashlib.sha256(f"{location}\0{column}".encode()).hexdigest()[:24]
     path = folder / f"{stem}-{fingerprint(files)}.npy"
@@ -133,7 +137,7 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as out:
-            _write_npy(out, files, column, n)
+            _write_npy(out, files, column, n, plain_ranges(files, column))
         os.replace(tmp, path)
     except OSError as exc:
         _remove(tmp)
@@ -144,6 +148,72 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
         raise
     _prune(folder, stem, keep=path)
     return np.load(path, mmap_mode="c")
+
+
+# The build's vectors as one .npy file beside its shards: vectors/{split}.npy.
+PUBLISHED_FOLDER = "vectors"
+
+
+def published_path(files: list[Path]) -> Path | None:
+    """Where a build keeps the .npy of the shards FILES (data/{split}-i-of-n.parquet)."""
+    import re
+
+    named = re.fullmatch(r"(.+)-\d{5}-of-\d{5}\.parquet", files[0].name) if files else None
+    return files[0].parent.parent / PUBLISHED_FOLDER / f"{named.group(1)}.npy" if named else None
+
+
+def write_published(files: list[Path], column: str, folder: Path) -> Path | None:
+    """Write COLUMN of the shards FILES under FOLDER as the .npy that ``published`` maps: the
+    vectors' bytes copied from the shards' pages, no decoding. None (and nothing written) for
+    shards that do not store the vectors plain."""
+    import pyarrow.parquet as pq
+
+    plain = plain_ranges(files, column)
+    path = published_path(files)
+    if plain is None or path is None:
+        return None
+    target = folder / PUBLISHED_FOLDER / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    with open(target, "wb") as out:
+        _write_npy(out, files, column, n, plain)
+    return target
+
+
+def published(files: list[Path], column: str, n: int) -> np.ndarray | None:
+    """The build's own .npy of COLUMN beside the shards FILES (N rows), mapped copy-on-write,
+    if there is one and it holds these shards' vectors; else None.
+
+    Checked cheaply, not read: its shape, and each shard's first page of vectors against the
+    file's rows there. A stale file (a folder edited by hand, a commit that kept an old one)
+    fails the check and the vectors come from the shards instead.
+    """
+    path = published_path(files)
+    if path is None or not path.is_file():
+        return None
+    try:
+        loaded = np.load(path, mmap_mode="c")
+    except (OSError, ValueError) as exc:
+        log.debug("ignoring unreadable %s: %s", path, exc)
+        return None
+    firsts = plain_ranges(files, column, first_only=True)
+    if loaded.dtype != np.float32 or loaded.ndim != 2 or len(loaded) != n or firsts is None:
+        return None
+    d, ranges = firsts
+    if loaded.shape[1] != d or len(ranges) != len(files):
+        return None
+    import pyarrow.parquet as pq
+
+    row = 0
+    for (shard, offset, length), f in zip(ranges, files, strict=True):
+        with open(shard, "rb") as fh:
+            fh.seek(offset)
+            head = fh.read(min(length, d * 4 * 16))
+        if loaded[row : row + len(head) // (4 * d)].tobytes() != head[: len(head) // (4 * d) * 4 * d]:
+            log.debug("ignoring %s: it does not hold the vectors of %s", path, f.name)
+            return None
+        row += pq.ParquetFile(f).metadata.num_rows
+    return loaded
 
 
 def _prune(folder: Path, stem: str, keep: Path) -> None:
@@ -175,9 +245,34 @@ def _decode(files: list[Path], column: str) -> Iterator[np.ndarray]:
             yield matrix(pa.Table.from_batches([batch]), [column])
 
 
-def _write_npy(out: BinaryIO, files: list[Path], column: str, n: int) -> None:
-    """Write COLUMN of FILES (N rows) to OUT as one .npy array, a batch at a time: plain writes,
-    not a memory map, so a full disk is an OSError rather than a SIGBUS."""
+def _copy(src: int, dst: int, offset: int, length: int) -> None:
+    """LENGTH bytes of SRC from OFFSET appended to DST: in the kernel where it can, so the
+    bytes never pass through this process's memory."""
+    while length:
+        try:
+            done = os.copy_file_range(src, dst, length, offset)
+        except (AttributeError, OSError):  # not Linux, or across file systems that refuse it
+            done = os.write(dst, os.pread(src, min(length, 16 << 20), offset))
+        if done == 0:
+            raise OSError("a shard ended before its column's last page")
+        offset, length = offset + done, length - done
+
+
+def _write_npy(
+    out: BinaryIO, files: list[Path], column: str, n: int, plain: tuple[int, list[Range]] | None
+) -> None:
+    """Write COLUMN of FILES (N rows) to OUT as one .npy array: the PLAIN byte ranges copied as
+    they are where there are some (hubembed/_pages.py), else decoded a batch at a time. Plain
+    writes, not a memory map, so a full disk is an OSError rather than a SIGBUS."""
+    if plain is not None:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n, plain[0])}
+        np.lib.format.write_array_header_1_0(out, header)
+        out.flush()
+        ranges = plain[1]
+        for path, offset, length in ranges:
+            with open(path, "rb") as src:
+                _copy(src.fileno(), out.fileno(), offset, length)
+        return
     d: int | None = None
     rows = 0
     for m in _decode(files, column):
