@@ -122,7 +122,9 @@ class FastTorchEmbedder(Embedder):
             )
             self.precision = "fp32"
             return
-        log.info("%s: lowest cosine to fp32 on the calibration texts %.5f", self.precision, self.calibration_cosine)
+        log.info(
+            "%s: lowest cosine to fp32 on the calibration texts %.5f", self.precision, self.calibration_cosine
+        )
         self.model = half_model
 
     def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
@@ -166,7 +168,9 @@ class FastTorchEmbedder(Embedder):
         result[positions] = out.numpy()
         return result
 
-    def _tokenize(self, texts: list[str], rows: list[int]) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    def _tokenize(
+        self, texts: list[str], rows: list[int]
+    ) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """TEXTS (the call's ROWS) as forward passes: (the rows of each, its input tensors)."""
         import torch
 
