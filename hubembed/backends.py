@@ -3,7 +3,8 @@
 ``--backend auto`` (the default) takes the fastest path that gives encode's vectors on the
 device at hand: on a CPU the model's ONNX export in fp32 (hubembed/onnx_embedder.py: cosine
 > 0.9999 to encode, 1.3x-1.5x its speed), on CUDA GPUs the fast torch path
-(hubembed/fast_torch.py: fp16/bf16, checked against fp32), elsewhere (MPS) encode. A model
+(hubembed/fast_torch.py: fp16/bf16, checked against fp32), elsewhere (MPS) encode; several GPUs get one
+process each. A model
 those paths cannot run (not Transformer -> Pooling [-> Normalize]) keeps encode. ``torch``
 (encode), ``onnx`` and ``onnx-int8`` stay selectable.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .embedder import Embedder, EmbedSettings, LocalEmbedder
@@ -57,8 +59,11 @@ def local_embedder(
     """(the embedder, the sentence-transformers model it runs, {"backend", "precision"}: what
     actually runs, for the card)."""
     choice = choose(backend, device)
-    model = load_model(resolved, device=choice.devices[0], token=token, trust_remote_code=trust_remote_code)
     name = choice.backend
+    several = name == FAST_TORCH and len(choice.devices) > 1
+    # With several GPUs each worker process loads its own copy; this one is for checks and prompts.
+    here = "cpu" if several else choice.devices[0]
+    model = load_model(resolved, device=here, token=token, trust_remote_code=trust_remote_code)
     try:
         if name in ONNX_PRECISION:
             from .onnx_embedder import make_onnx_embedder
@@ -69,14 +74,16 @@ def local_embedder(
             )
             return embedder, model, {"backend": name, "precision": precision}
         if name == FAST_TORCH:
-            if len(choice.devices) > 1:
-                # One process per GPU is not written yet: sentence-transformers' pool does that.
-                log.info("several GPUs: embedding with encode's multi-process pool")
-            else:
-                from .fast_torch import FastTorchEmbedder
+            from .fast_torch import FastTorchEmbedder, MultiDeviceEmbedder
+            from .onnx_embedder import text_plan
 
-                fast = FastTorchEmbedder(model, settings)
-                return fast, model, {"backend": name, "precision": fast.precision}
+            if several:
+                text_plan(model, settings)  # refuses a model the fast path cannot run, here
+                make = partial(_fast_on, resolved, token, trust_remote_code, settings)
+                multi = MultiDeviceEmbedder(make, choice.devices)
+                return multi, model, {"backend": name, "precision": multi.precision}
+            fast = FastTorchEmbedder(model, settings)
+            return fast, model, {"backend": name, "precision": fast.precision}
     except ModelError as exc:
         if backend != "auto":
             raise
@@ -85,6 +92,16 @@ def local_embedder(
         log.info("--backend auto: %s; using encode (torch)", exc)
     embedder = LocalEmbedder(model, settings, choice.devices, batch_size=batch_size)
     return embedder, model, {"backend": "torch", "precision": _dtype_name(model)}
+
+
+def _fast_on(
+    resolved: ResolvedModel, token: str | None, trust_remote_code: bool, settings: EmbedSettings, device: str
+) -> Any:
+    """The fast path's embedder on DEVICE, made in a worker process of MultiDeviceEmbedder."""
+    from .fast_torch import FastTorchEmbedder
+
+    model = load_model(resolved, device=device, token=token, trust_remote_code=trust_remote_code)
+    return FastTorchEmbedder(model, settings)
 
 
 def _dtype_name(model: Any) -> str:

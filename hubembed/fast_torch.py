@@ -81,7 +81,8 @@ class FastTorchEmbedder(Embedder):
             raise UsageError(f"unknown precision {precision!r}; use auto or one of {', '.join(PRECISIONS)}")
         self.plan: TextPlan = text_plan(model, settings)
         self.settings = settings
-        self.dimension = self.plan.width
+        self.width: int = self.plan.width
+        self.dimension = self.width
         self.device = torch.device(model.device)
         kind = "cuda" if self.device.type == "cuda" else "cpu"
         budget, rows, per_slice, per_call = SIZES[kind]
@@ -132,13 +133,13 @@ class FastTorchEmbedder(Embedder):
 
         n = len(texts)
         if not n:
-            return np.empty((0, self.dimension), dtype=np.float32)
+            return np.empty((0, self.width), dtype=np.float32)
         if self.plan.prompt:
             texts = [self.plan.prompt + t for t in texts]
         # Longest first by characters, so each slice holds texts of similar token counts.
         by_chars = sorted(range(n), key=lambda i: -len(texts[i]))
         starts = range(0, n, self.slice_texts)
-        out = torch.empty((n, self.dimension), dtype=torch.float32, pin_memory=self._pinned)
+        out = torch.empty((n, self.width), dtype=torch.float32, pin_memory=self._pinned)
         positions = np.empty(n, dtype=np.int64)
         pending: deque[Future[list[tuple[np.ndarray, dict[str, torch.Tensor]]]]] = deque()
         todo = iter(starts)
@@ -164,7 +165,7 @@ class FastTorchEmbedder(Embedder):
                 done += count
         if self._pinned:
             torch.cuda.synchronize(self.device)
-        result = np.empty((n, self.dimension), dtype=np.float32)
+        result = np.empty((n, self.width), dtype=np.float32)
         result[positions] = out.numpy()
         return result
 
@@ -262,3 +263,60 @@ def _use_sdpa(hf: Any) -> None:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class MultiDeviceEmbedder(Embedder):
+    """The fast path on several devices: one process per device (spawned, each with its own
+    copy of the model, so no GIL is shared), every call split between them.
+
+    MAKE(device) -> FastTorchEmbedder runs in each process; it must be picklable (a
+    functools.partial of a module-level function).
+    """
+
+    def __init__(self, make: Any, devices: list[str]) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        self._workers = [
+            ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=(make, d))
+            for d in devices
+        ]
+        # Every worker loads its model now, so a bad model fails here, not mid-build.
+        infos = [w.submit(_worker_info).result() for w in self._workers]
+        self.dimension = infos[0][0]
+        self.precision = infos[0][1]
+        self.texts_per_call = infos[0][2] * len(devices)
+
+    def embed_batch(self, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        n = len(self._workers)
+        # Interleaved shares: the build hands texts over longest first, so each device gets
+        # its part of every length.
+        futures = [w.submit(_worker_embed, texts[k::n]) for k, w in enumerate(self._workers)]
+        out = np.empty((len(texts), int(self.dimension or 0)), dtype=np.float32)
+        for k, future in enumerate(futures):
+            out[k::n] = future.result()
+        return out
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.shutdown(cancel_futures=True)
+        self._workers = []
+
+
+_worker: FastTorchEmbedder | None = None
+
+
+def _start_worker(make: Any, device: str) -> None:
+    global _worker
+    _worker = make(device)
+
+
+def _worker_info() -> tuple[int, str, int]:
+    assert _worker is not None
+    return int(_worker.dimension or 0), _worker.precision, int(_worker.texts_per_call or 0)
+
+
+def _worker_embed(texts: list[str]) -> np.ndarray:
+    assert _worker is not None
+    return _worker.embed_batch(texts)

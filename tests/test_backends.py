@@ -161,3 +161,22 @@ def test_a_build_on_the_fast_path_records_it(monkeypatch, tmp_path, st_model, me
     expected = st_model.encode(medicare_texts, normalize_embeddings=True)
     assert np.abs(index.embeddings.numpy() - expected).max() < 1e-5
     assert [h["corpus_id"] for h in index.search(MEDICARE_QUERY, top_k=5)] == [i for i, _ in MEDICARE_TOP5]
+
+
+@pytest.mark.slow
+def test_several_devices_run_one_process_each(st_model):
+    from functools import partial
+
+    from hubembed.backends import _fast_on
+    from hubembed.fast_torch import MultiDeviceEmbedder
+    from hubembed.models import resolve_model
+
+    resolved = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    multi = MultiDeviceEmbedder(partial(_fast_on, resolved, None, False, EmbedSettings()), ["cpu", "cpu"])
+    try:
+        texts = mixed_texts(21, seed=4)
+        got = multi.embed_batch(texts)
+        assert np.abs(got - st_model.encode(texts, normalize_embeddings=True)).max() < 1e-5
+        assert multi.precision == "fp32" and multi.texts_per_call == 2 * 2_048
+    finally:
+        multi.close()
