@@ -62,6 +62,7 @@ class FastTorchEmbedder(Embedder):
     PRECISION: "auto" (fp16/bf16 on a GPU, fp32 on a CPU), or one of PRECISIONS. A half
     precision whose vectors are below MIN_COSINE of fp32 on the calibration texts falls back to
     fp32; ``precision`` says which one runs, ``calibration_cosine`` what was measured.
+    CALIBRATION: the texts compared (default: hubembed's bundled calibration texts).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class FastTorchEmbedder(Embedder):
         max_rows: int | None = None,
         slice_texts: int | None = None,
         min_cosine: float = MIN_COSINE,
+        calibration: list[str] | None = None,
     ) -> None:
         import torch
 
@@ -103,12 +105,12 @@ class FastTorchEmbedder(Embedder):
         if precision != "fp32":
             dtype = torch.float16 if precision == "fp16" else torch.bfloat16
             self.model = copy.deepcopy(fp32).to(dtype)
-            self._calibrate(fp32, min_cosine)
+            self._calibrate(fp32, min_cosine, calibration)
 
-    def _calibrate(self, fp32: Any, min_cosine: float) -> None:
+    def _calibrate(self, fp32: Any, min_cosine: float, texts: list[str] | None) -> None:
         from .onnx_int8 import calibration_texts
 
-        texts = calibration_texts()
+        texts = texts or calibration_texts()
         half = self.embed_batch(texts)
         half_model, self.model = self.model, fp32
         full = self.embed_batch(texts)

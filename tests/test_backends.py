@@ -117,7 +117,7 @@ def test_fast_path_honours_prompts_truncation_and_raw_lengths(st_model):
 
 
 def test_fast_path_respects_the_token_budget_and_restores_order(st_model):
-    texts = mixed_texts(30, seed=2)
+    texts = mixed_texts(20, seed=2)
     fast = FastTorchEmbedder(st_model, EmbedSettings(), token_budget=96, max_rows=5, slice_texts=7)
     shapes: list[tuple[int, int]] = []
     forward = fast._forward
@@ -139,12 +139,14 @@ def test_half_precision_falls_back_to_fp32_below_the_bar(st_model, caplog):
     texts = mixed_texts(8, seed=3)
     expected = st_model.encode(texts, normalize_embeddings=True)
     # bf16 on a CPU: within the bar it is kept, and its vectors stay close to fp32's.
-    kept = FastTorchEmbedder(st_model, EmbedSettings(), precision="bf16", min_cosine=0.99)
+    kept = FastTorchEmbedder(st_model, EmbedSettings(), precision="bf16", min_cosine=0.99, calibration=texts)
     assert kept.precision == "bf16" and 0.99 <= kept.calibration_cosine < 1
     assert cosine_rows(kept.embed_batch(texts), expected).min() > 0.99
     # A bar bf16 cannot reach: it says so once and runs in fp32, with encode's vectors.
     with caplog.at_level(logging.WARNING, logger="hubembed"):
-        fallen = FastTorchEmbedder(st_model, EmbedSettings(), precision="bf16", min_cosine=0.9999999)
+        fallen = FastTorchEmbedder(
+            st_model, EmbedSettings(), precision="bf16", min_cosine=0.9999999, calibration=texts
+        )
     assert fallen.precision == "fp32"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "embedding in fp32 instead" in warnings[0]
