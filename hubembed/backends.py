@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from .embedder import Embedder, EmbedSettings, LocalEmbedder
-from .errors import ModelError
+from .errors import UsageError
 from .models import ResolvedModel, load_model, pick_devices
 from .options import ONNX_PRECISION
 
@@ -84,11 +84,11 @@ def local_embedder(
                 return multi, model, {"backend": name, "precision": multi.precision}
             fast = FastTorchEmbedder(model, settings)
             return fast, model, {"backend": name, "precision": fast.precision}
-    except ModelError as exc:
+    except UsageError as exc:
         if backend != "auto":
             raise
-        # Only the model's stack can make these refuse here (prompt and truncate_dim are
-        # checked the same way by encode below, which then says so).
+        # A model stack these paths cannot run, or onnxruntime missing: encode runs it. A bad
+        # prompt name or truncate_dim is refused by encode below with the same message.
         log.info("--backend auto: %s; using encode (torch)", exc)
     embedder = LocalEmbedder(model, settings, choice.devices, batch_size=batch_size)
     return embedder, model, {"backend": "torch", "precision": _dtype_name(model)}

@@ -45,8 +45,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 MIN_COSINE = 0.999
 # Per device kind: (tokens per forward pass, rows per forward pass at most, texts tokenised at a
 # time by the thread, texts per embed_batch call). On a GPU, wide passes keep it busy and a call
-# is about a second of work (a checkpoint each); on a CPU (tests, and --backend torch-less
-# machines) passes stay in cache, as in the onnx backend.
+# is about a second of work (a checkpoint each); on a CPU (the tests; auto runs onnx there)
+# passes stay small enough for the cache, as in the onnx backend.
 SIZES = {"cuda": (32_768, 2_048, 4_096, 32_768), "cpu": (2_048, 64, 512, 2_048)}
 
 
@@ -102,6 +102,7 @@ class FastTorchEmbedder(Embedder):
         self.calibration_cosine: float | None = None
         self.model = fp32
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="hubembed-tokenize")
+        self._out: torch.Tensor | None = None
         if precision != "fp32":
             dtype = torch.float16 if precision == "fp16" else torch.bfloat16
             self.model = copy.deepcopy(fp32).to(dtype)
@@ -141,7 +142,9 @@ class FastTorchEmbedder(Embedder):
         # Longest first by characters, so each slice holds texts of similar token counts.
         by_chars = sorted(range(n), key=lambda i: -len(texts[i]))
         starts = range(0, n, self.slice_texts)
-        out = torch.empty((n, self.width), dtype=torch.float32, pin_memory=self._pinned)
+        if self._out is None or len(self._out) < n:  # pinned memory is slow to allocate: reuse it
+            self._out = torch.empty((n, self.width), dtype=torch.float32, pin_memory=self._pinned)
+        out = self._out
         positions = np.empty(n, dtype=np.int64)
         pending: deque[Future[list[tuple[np.ndarray, dict[str, torch.Tensor]]]]] = deque()
         todo = iter(starts)
@@ -168,7 +171,7 @@ class FastTorchEmbedder(Embedder):
         if self._pinned:
             torch.cuda.synchronize(self.device)
         result = np.empty((n, self.width), dtype=np.float32)
-        result[positions] = out.numpy()
+        result[positions] = out[:n].numpy()
         return result
 
     def _tokenize(
