@@ -202,3 +202,22 @@ def test_auto_keeps_encode_for_a_model_the_fast_paths_cannot_run(tmp_path, medic
     assert (result.metadata["backend"], result.metadata["precision"]) == ("torch", "fp32")
     expected = SentenceTransformer(str(model), device="cpu").encode(medicare_texts, normalize_embeddings=True)
     assert np.abs(hubembed.load(str(tmp_path / "o")).embeddings.numpy() - expected).max() < 1e-5
+
+
+def test_only_int8_changes_the_settings_fingerprint():
+    from hubembed.card import BuildRecord
+
+    def key(backend, precision):
+        return BuildRecord(model="m", backend=backend, precision=precision).fingerprint()
+
+    # A card from before backends were recorded, onnx, encode, and the fast path in half precision
+    # on a GPU are one set of vectors: a refresh on another machine reuses them.
+    same = {
+        key(None, None),
+        key("onnx", "fp32"),
+        key("torch", "fp32"),
+        key("fast-torch", "fp16"),
+        key("fast-torch", "bf16"),
+    }
+    assert len(same) == 1
+    assert key("onnx-int8", "int8") not in same
