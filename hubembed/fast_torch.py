@@ -4,14 +4,15 @@
 main thread between forward passes, pads every batch to its longest text, and copies each
 batch's output to the host before starting the next. Here, instead:
 
-- the texts are sorted by token count and cut into batches of at most TOKEN_BUDGET tokens
+- the texts are sorted by token count and cut into batches of at most a token budget (SIZES)
   (rows x longest), so short texts run in wide batches and padding stays small;
 - a thread tokenises the next slice of texts (the Rust tokenizer, padded in numpy) while the
   GPU runs the current one, and hands over pinned tensors that are copied without blocking;
 - the model runs in fp16 (bf16 for a model whose config says it was trained in it) with SDPA
   attention; pooling and normalisation run on the device, and each slice's vectors are
   copied back with one non-blocking copy into pinned memory; the input order is restored at
-  the end of the call.
+  the end of the call;
+- several GPUs get one process each (MultiDeviceEmbedder), every call shared between them.
 
 Before the first text, the half-precision model is compared with fp32 on hubembed's calibration
 texts; below MIN_COSINE the embedder falls back to fp32 and says so. All of this runs on the CPU
