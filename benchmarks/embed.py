@@ -211,6 +211,11 @@ def paths(args: argparse.Namespace, st_model) -> dict[str, Callable[[list[str]],
         )
     chunk = onnx.texts_per_call  # what `hubembed build --backend onnx` hands over
     out[f"hubembed onnx, as build: longest first, chunks of {chunk}"] = as_build(onnx, chunk)
+    # What `hubembed build` runs by default (--backend auto) on a CPU, made as the build makes it.
+    from hubembed.backends import choose
+
+    if choose("auto", "auto").backend == "onnx":
+        out[f"hubembed build default (auto: onnx fp32), chunks of {chunk}"] = as_build(onnx, chunk)
     int8 = make_onnx_embedder(st_model, settings, threads=args.threads, precision="int8")
     out[f"hubembed onnx-int8, as build: longest first, chunks of {chunk}"] = as_build(int8, chunk)
     return out
@@ -241,6 +246,7 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=4, help="attempts per slice while other processes run")
     parser.add_argument("--encode-batch", type=int, default=16, help="the tuned batch size for encode on CPU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="time only the paths whose names contain one of these")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: all)")
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall", help="cpu: CPU seconds (use --threads 1)"
@@ -262,6 +268,9 @@ def main() -> None:
     args.chunk = args.chunk or (250 if args.device == "cpu" else len(texts))
     tokens = [len(ids) for ids in st_model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
     todo = paths(args, st_model)
+    if args.only:
+        first = next(iter(todo))
+        todo = {k: v for k, v in todo.items() if k == first or any(w in k for w in args.only)}
 
     versions = f"torch {torch.__version__}, sentence-transformers {sentence_transformers.__version__}, "
     versions += f"transformers {transformers.__version__}"

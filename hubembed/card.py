@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 METADATA_KEY = "hubembed"
 # Settings that change the vectors: a change in any of them means re-embedding everything.
-# "precision" is absent (None) for fp32 builds, "seq_length" (--max-seq-length) where the model's
+# "precision" counts only as int8 (settings_fingerprint), absent before it existed, "seq_length" (--max-seq-length) where the model's
 # own limit applies, "pooling" where each row has its own vector: cards written before they
 # existed still match.
 FINGERPRINT_KEYS = (
@@ -49,8 +49,9 @@ class BuildRecord:
     normalize: bool = True
     seq_length: int | None = None  # --max-seq-length, where given
     trust_remote_code: bool = False
-    backend: str | None = None  # the local runtime (torch, onnx, onnx-int8); None when remote
-    precision: str | None = None  # "int8", or None for fp32
+    #: the local runtime that ran (torch, fast-torch, onnx, onnx-int8); None when remote
+    backend: str | None = None
+    precision: str | None = None  # fp32, fp16, bf16 or int8; None: fp32 (older cards), or remote
     query_prompt_name: str | None = None
     query_prompt: str | None = None
     normalized: bool = True  # every vector has unit length (to 1e-3)
@@ -97,6 +98,10 @@ class BuildRecord:
 def settings_fingerprint(meta: dict[str, Any]) -> str:
     """A stable id of the embedding settings in META (a card's metadata, or a part of it)."""
     data = {k: meta.get(k) for k in FINGERPRINT_KEYS}
+    # int8 is another set of vectors. fp16/bf16 are fp32's to rounding (the fast torch path keeps
+    # them only above cosine 0.999 on the calibration texts, MiniLM gives 0.99999): a refresh on
+    # a CPU after a build on a GPU reuses the vectors, as cards without "precision" (fp32) do.
+    data["precision"] = "int8" if data["precision"] == "int8" else None
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,6 +188,8 @@ def _body(record: BuildRecord, dst: str) -> str:
     ]
     if record.precision == "int8":
         rows.insert(5, ("Precision", "int8 (`--backend onnx-int8`): within cosine 0.999 of fp32"))
+    elif record.backend:
+        rows.insert(5, ("Backend", f"{record.backend}, {record.precision or 'fp32'}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     query = "How can Medicare help me?" if "medicare" in src["id"].lower() else "your question"
     return f"""

@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,56 @@ def _check_stack(model: SentenceTransformer) -> tuple[Any, str, Any, bool]:
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise _unsupported("it has no fast (Rust) tokenizer")
     return transformer, str(mode), pooling, len(modules) == 3
+
+
+@dataclass
+class TextPlan:
+    """What a backend running the transformer itself does around it, as sentence-transformers
+    would: the prompt, the truncation, the pooling and the normalisations. Shared by the onnx
+    backend and the fast torch path (hubembed/fast_torch.py)."""
+
+    transformer: Any
+    tokenizer: Any
+    input_names: list[str]
+    pooling: str  # "mean" or "cls"
+    model_normalizes: bool  # the model ends with a Normalize module
+    width: int  # the vector length after truncate_dim
+    max_length: int  # tokens read per text
+    truncate_dim: int | None
+    prompt: str | None
+    prompt_length: int  # the prompt's tokens, left out of the pooling (0: pooled, or no prompt)
+
+
+def text_plan(model: SentenceTransformer, settings: EmbedSettings) -> TextPlan:
+    """MODEL's plan for SETTINGS. Raises ModelError for a model only the torch backend runs, an
+    unknown prompt name or a bad truncate_dim."""
+    transformer, mode, pooling, normalizes = _check_stack(model)
+    checked = LocalEmbedder(model, settings)  # refuses an unknown prompt_name or a bad truncate_dim
+    tokenizer = transformer.tokenizer
+    limits = [transformer.max_seq_length, getattr(transformer.config, "max_position_embeddings", None)]
+    max_length = min(int(n) for n in limits if n)
+    if settings.seq_length is not None:  # checked against the position limit before the build
+        max_length = settings.seq_length
+    prompt = settings.prompt
+    if prompt is None:
+        name = settings.prompt_name or model.default_prompt_name
+        prompt = (model.prompts or {}).get(name) if name else None
+    prompt_length = 0
+    if prompt and not pooling.include_prompt:
+        ids = tokenizer([prompt])["input_ids"][0]
+        prompt_length = len(ids) - (ids[-1] in tokenizer.all_special_ids)
+    return TextPlan(
+        transformer,
+        tokenizer,
+        _input_names(transformer),
+        mode,
+        normalizes,
+        checked.dimension or 0,
+        max_length,
+        settings.truncate_dim or model.truncate_dim,
+        prompt,
+        prompt_length,
+    )
 
 
 def _input_names(transformer: Any) -> list[str]:
@@ -184,26 +235,18 @@ class OnnxEmbedder(Embedder):
             ) from exc
         if precision not in ("fp32", "int8"):
             raise UsageError(f"unknown precision {precision!r}; use fp32 or int8")
-        transformer, self.pooling, pooling, self._model_normalizes = _check_stack(model)
+        plan = text_plan(model, settings)
+        transformer = plan.transformer
         self.settings = settings
-        checked = LocalEmbedder(model, settings)  # refuses an unknown prompt_name or a bad truncate_dim
-        self.width: int = checked.dimension or 0
+        self.pooling, self._model_normalizes = plan.pooling, plan.model_normalizes
+        self.width: int = plan.width
         self.dimension = self.width
-        self.tokenizer = transformer.tokenizer
-        self.input_names = _input_names(transformer)
-        limits = [transformer.max_seq_length, getattr(transformer.config, "max_position_embeddings", None)]
-        self.max_length = min(int(n) for n in limits if n)
-        if settings.seq_length is not None:  # checked against the position limit before the build
-            self.max_length = settings.seq_length
-        self.truncate_dim = settings.truncate_dim or model.truncate_dim
-        self.prompt = settings.prompt
-        if self.prompt is None:
-            name = settings.prompt_name or model.default_prompt_name
-            self.prompt = (model.prompts or {}).get(name) if name else None
-        self.prompt_length = 0
-        if self.prompt and not pooling.include_prompt:
-            ids = self.tokenizer([self.prompt])["input_ids"][0]
-            self.prompt_length = len(ids) - (ids[-1] in self.tokenizer.all_special_ids)
+        self.tokenizer = plan.tokenizer
+        self.input_names = plan.input_names
+        self.max_length = plan.max_length
+        self.truncate_dim = plan.truncate_dim
+        self.prompt = plan.prompt
+        self.prompt_length = plan.prompt_length
 
         self.path = config.cache_dir() / "onnx" / _cache_key(transformer, self.input_names) / "model.onnx"
         self.exported = not self.path.exists()

@@ -18,7 +18,8 @@ from .errors import UsageError
 
 LAYOUTS = ("default", "blog")
 ENGINES = ("local", "ray")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+# auto: the ONNX export in fp32 on a CPU, the fast torch path on CUDA (hubembed/backends.py).
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 # The backends that run the model exported to ONNX on the CPU, and at which precision.
 ONNX_PRECISION = {"onnx": "fp32", "onnx-int8": "int8"}
 POOLS = ("mean",)
@@ -45,7 +46,7 @@ class EmbeddingSpec:
     truncate_dim: int | None = None
     normalize: bool = True
     trust_remote_code: bool = False
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = "auto"
     #: texts per forward pass, or per request with ``remote``; TEI's default
     #: max_client_batch_size and sentence-transformers' default

@@ -18,11 +18,11 @@ import numpy as np
 
 from . import config
 from .card import BuildRecord, read_metadata, truncation_note
-from .embedder import Embedder, EmbedSettings, LocalEmbedder, query_settings
+from .embedder import Embedder, EmbedSettings, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
 from .errors import ColumnError, DestinationError, ModelError, UsageError
-from .models import ResolvedModel, check_prompt_name, load_model, pick_devices, resolve_model
-from .options import ONNX_PRECISION, BuildOptions
+from .models import ResolvedModel, check_prompt_name, pick_devices, resolve_model
+from .options import BuildOptions
 from .output import BlogOutput, ShardOutput
 from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
 from .retry import Deadline, RetryPolicy
@@ -191,6 +191,7 @@ def build(
                 else _NO_QUERY
             )
         record.query_prompt_name, record.query_prompt = query["query_prompt_name"], query["query_prompt"]
+        _record_runtime(record, query, previous if same_settings else None)
         record.normalized = stats.normalized
         record.dimension = stats.dimension
         record.rows = stats.rows
@@ -248,8 +249,10 @@ def _embedder(
         "model": resolved.model_id,
         "model_revision": resolved.revision,
         "model_origin": resolved.origin,
-        "backend": e.backend,  # not in the settings fingerprint: onnx gives torch's vectors
-        "precision": e.precision,  # in the fingerprint: int8 vectors are close, not the same
+        # What runs is known once the embedder is made (auto: by the device); the card records
+        # that. Not in the fingerprint: backends give the same vectors, except int8's.
+        "backend": e.backend,
+        "precision": e.precision,
     }
     return make, fields, TruncationCounter.for_model(resolved, settings, token), resolved
 
@@ -345,23 +348,25 @@ def _local_embedder(
     trust_remote_code: bool,
     settings: EmbedSettings,
     token: str | None,
-    backend: str = "torch",
+    backend: str = "auto",
     batch_size: int = 32,
 ) -> tuple[Embedder, dict[str, Any]]:
-    embedder: Embedder
-    if backend in ONNX_PRECISION:
-        from .onnx_embedder import make_onnx_embedder
+    from .backends import local_embedder
 
-        st_model = load_model(resolved, device="cpu", token=token, trust_remote_code=trust_remote_code)
-        embedder = make_onnx_embedder(
-            st_model, settings, precision=ONNX_PRECISION[backend], batch_size=batch_size
-        )
-    else:
-        devices = pick_devices(device)  # here, where the model loads (on a Ray worker too)
-        st_model = load_model(resolved, device=devices[0], token=token, trust_remote_code=trust_remote_code)
-        embedder = LocalEmbedder(st_model, settings, devices, batch_size=batch_size)
+    embedder, st_model, runs = local_embedder(
+        resolved, device, trust_remote_code, settings, token, backend, batch_size
+    )
     query = query_settings(settings, st_model.prompts or {})
-    return embedder, {"query_prompt_name": query.prompt_name, "query_prompt": query.prompt}
+    return embedder, {"query_prompt_name": query.prompt_name, "query_prompt": query.prompt, **runs}
+
+
+def _record_runtime(record: BuildRecord, made: dict[str, Any], previous: BuildRecord | None) -> None:
+    """The backend and precision that ran into RECORD: from the embedder MADE, else (nothing
+    embedded, the model never loaded) from the PREVIOUS build with the same settings."""
+    if "backend" in made:
+        record.backend, record.precision = made["backend"], made.get("precision")
+    elif previous is not None and record.backend == "auto":
+        record.backend, record.precision = previous.backend, previous.precision
 
 
 def _remote_embedder(

@@ -45,9 +45,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def own_checkpoints(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own hubembed cache, so no test resumes another's interrupted build."""
-    monkeypatch.setenv("HUBEMBED_CACHE", str(tmp_path_factory.mktemp("hubembed_cache")))
+def own_checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Each test gets its own hubembed cache, so no test resumes another's interrupted build.
+
+    ONNX exports (what the default backend runs on a CPU) are shared: they are keyed by the
+    model's weights and the library versions, as on one user's machine, and exporting in every
+    test would cost seconds each. Query records (onnx/query) and checkpoints stay per test."""
+    cache = tmp_path_factory.mktemp("hubembed_cache")
+    monkeypatch.setenv("HUBEMBED_CACHE", str(cache))
+    store = Path(str(_state["root"])) / "onnx-exports"
+    store.mkdir(exist_ok=True)
+    (cache / "onnx").mkdir()
+    for export in store.iterdir():
+        (cache / "onnx" / export.name).symlink_to(export, target_is_directory=True)
+    yield
+    for entry in (cache / "onnx").iterdir() if (cache / "onnx").is_dir() else ():
+        if entry.name != "query" and not entry.is_symlink() and not (store / entry.name).exists():
+            shutil.move(str(entry), str(store / entry.name))
 
 
 @pytest.fixture(scope="session")

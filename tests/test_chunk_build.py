@@ -221,7 +221,7 @@ def test_bad_chunk_options_are_refused_before_any_work(capsys, tmp_path, monkeyp
         raise AssertionError("a model was loaded before the bad option was refused")
 
     monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr("hubembed.pipeline.load_model", refuse)
+    monkeypatch.setattr("hubembed.backends.load_model", refuse)
     code, out, err = cli(capsys, "build", "sample:medicare-faqs", tmp_path / "o", *args)
     assert code == 2 and expected in err
     assert not (tmp_path / "o").exists()

@@ -31,7 +31,7 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded before the bad argument was refused")
 
     monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr("hubembed.pipeline.load_model", refuse)
+    monkeypatch.setattr("hubembed.backends.load_model", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -193,6 +193,6 @@ def test_onnx_int8_backend_is_recorded_and_not_mixed_with_fp32(capsys, tmp_path,
     assert again.up_to_date
     # Switching precision re-embeds every row rather than keep int8 vectors beside fp32 ones.
     fp32 = hubembed.build("sample:medicare-faqs", dst, backend="onnx", progress=False)
-    assert fp32.embedded == 13 and "precision" not in fp32.metadata
+    assert fp32.embedded == 13 and fp32.metadata["precision"] == "fp32"
     assert cosine_rows(hubembed.load(dst).embeddings.numpy(), expected).min() > 0.99999
     assert "Precision" not in (tmp_path / "o" / "README.md").read_text()
