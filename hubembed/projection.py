@@ -13,8 +13,8 @@ Hub is code run by whoever loads it).
 from __future__ import annotations
 
 import logging
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
