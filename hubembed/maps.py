@@ -173,10 +173,12 @@ def map_staged(staged: Path, record: BuildRecord, dst: str, previous: EmbeddedDa
     texts = pq.read_table(files, columns=[column]).column(column) if column in present else None
     kept = _kept(previous, table.column(HASH_COLUMN)) if previous is not None else None
     made = make_map(vectors, texts, title=_title(record.to_dict()), kept=kept)
-    fitted = (
-        (previous.metadata.get("map") or {}).get("fitted_rows") if kept is not None and previous else None
-    )
-    if kept is not None:
+    fitted = None
+    if kept is not None and previous is not None:
+        before = previous.metadata["map"]
+        # The map is still the one fitted then, the new rows placed on it.
+        fitted, made.projection.method = before.get("fitted_rows"), before.get("method", "umap")
+        made.projection.neighbors = before.get("n_neighbors") or 0
         log.info(
             "map: %d rows kept their place, %d new rows placed", made.projection.kept, made.projection.placed
         )

@@ -123,7 +123,9 @@ def test_a_refresh_keeps_the_old_places_and_puts_new_rows_by_their_neighbours(tm
     xy = np.array(list(old.values()))
     extent = np.ptp(xy, axis=0).max()
     assert np.hypot(*np.subtract(place[new[0]], old[twin])) < 0.1 * extent
-    assert result.metadata["map"]["kept_rows"] == 10 and result.metadata["map"]["placed_rows"] == 2
+    made = result.metadata["map"]
+    assert made["kept_rows"] == 10 and made["placed_rows"] == 2
+    assert made["method"] == "pca" and made["fitted_rows"] == 10  # the map fitted then, rows added
     assert "![map](map.png)" in (dst / "README.md").read_text()
 
 
@@ -168,6 +170,18 @@ def test_a_library_map_of_a_folder_keeps_what_classify_added(tmp_path):
     assert {"label", *COLUMNS} <= set(table)
     assert "![map](map.png)" in (dst / "README.md").read_text()  # the card still shows the map
     assert (dst / IMAGE).read_bytes() == made.png
+
+
+def test_map_on_a_build_already_up_to_date_adds_only_the_map(tmp_path):
+    dst = tmp_path / "faqs"
+    hubembed.build("sample:medicare-faqs", str(dst), progress=False)
+    before = rows(dst)
+    result = hubembed.build("sample:medicare-faqs", str(dst), progress=False, map=True)
+    assert not result.up_to_date and result.embedded == 0 and result.metadata["map"]["fitted_rows"] == 13
+    after = rows(dst)
+    assert all(after[c] == before[c] for c in before) and set(COLUMNS) <= set(after)
+    again = hubembed.build("sample:medicare-faqs", str(dst), progress=False, map=True)
+    assert again.up_to_date and rows(dst) == after
 
 
 def test_a_chunked_build_maps_each_chunk(tmp_path, medicare_texts):
