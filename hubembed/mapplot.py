@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 # Up to this many rows, each point is labelled with its text; above, regions are.
 POINT_LABELS = 30
-MAX_REGIONS = 14
+MAX_REGIONS = 24
+REGION_SAMPLE = 10_000  # rows clustered into regions; the others take their nearest one's
 WORDS = 3  # words per region's label
 TEXT_ROWS = 20_000  # texts read per map to find the words (a seeded sample)
 SIZE_PX = 1400
@@ -22,16 +24,34 @@ _DPI = 140
 
 
 def regions(xy: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """Each row's region: k-means over the 2-D coordinates, about sqrt(n)/4 regions (3 to
-    MAX_REGIONS), so labels fall where a reader sees groups of points."""
-    from sklearn.cluster import KMeans
+    """Each row's region of the map, -1 for rows in none: HDBSCAN over the 2-D coordinates of a
+    seeded sample (groups a reader sees as islands, however many; k-means' fixed number of
+    regions joined distant islands under one label), every row then taking its nearest sampled
+    row's region. At most MAX_REGIONS regions are kept, the largest."""
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
 
     n = len(xy)
-    k = int(np.clip(round(np.sqrt(n) / 4), 3, MAX_REGIONS))
-    k = min(k, n)
-    fit = xy if n <= 50_000 else xy[np.random.default_rng(seed).choice(n, 50_000, replace=False)]
-    model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(fit)
-    return np.asarray(model.predict(xy), dtype=np.int64)
+    pick = (
+        np.arange(n)
+        if n <= REGION_SAMPLE
+        else np.sort(np.random.default_rng(seed).choice(n, REGION_SAMPLE, False))
+    )
+    sample = xy[pick]
+    # A region is at least 2% of the rows: islands, not the specks inside them.
+    smallest = max(5, len(sample) // 50)
+    found = HDBSCAN(min_cluster_size=smallest, min_samples=min(10, len(sample) - 1), copy=True).fit_predict(
+        sample
+    )
+    sizes = np.bincount(found[found >= 0]) if (found >= 0).any() else np.zeros(0, np.int64)
+    keep = np.argsort(-sizes, kind="stable")[:MAX_REGIONS]
+    renumber = np.full(len(sizes) + 1, -1, dtype=np.int64)
+    renumber[keep] = np.arange(len(keep))
+    found = renumber[found]  # -1 stays -1 (renumber[-1] is -1)
+    if n == len(sample):
+        return found
+    nearest = NearestNeighbors(n_neighbors=1).fit(sample).kneighbors(xy, return_distance=False)[:, 0]
+    return found[nearest]
 
 
 def telling_words(texts: Sequence[str], groups: np.ndarray, k: int, words: int = WORDS) -> list[str]:
@@ -77,11 +97,12 @@ def draw(
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0.02, 0.02, 0.96, 0.92))
     axes.set_axis_off()
-    # Point area and opacity fall with the number of rows: 100k points of 0.5 pt^2 at alpha
-    # 0.35 still show where rows are dense without merging into one blob.
-    size = float(np.clip(30_000 / n, 0.5, 40))
-    alpha = float(np.clip(2_000 / n, 0.35, 0.9))
-    palette = _palette(int(groups.max()) + 1 if n else 1)
+    # Point area and opacity fall with the number of rows: 100k points of 2 pt^2 at alpha 0.5
+    # show where rows are dense without merging into one blob.
+    size = float(np.clip(200_000 / n, 1.0, 40))
+    alpha = float(np.clip(50_000 / n, 0.5, 0.9))
+    k = int(groups.max()) + 1 if n else 0
+    palette = np.vstack([_palette(k), [[0.6, 0.6, 0.6, 1.0]]])  # the last: rows in no region
     order = np.random.default_rng(0).permutation(n)  # no region painted over all others
     axes.scatter(
         xy[order, 0],
@@ -110,17 +131,57 @@ def draw(
                 arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if dy else None,
             )
     else:
-        for g, label in enumerate(labels):
+        texts_placed = []
+        for g, label in enumerate(labels):  # regions are numbered largest first
             members = xy[groups == g]
-            if not label or not len(members):
-                continue
-            x, y = np.median(members, axis=0)
-            axes.text(x, y, label, fontsize=10, ha="center", va="center", color="#111111", bbox=box, zorder=3)
+            if label and len(members):
+                x, y = _centre(members)
+                texts_placed.append(
+                    axes.text(
+                        x, y, label, fontsize=9, ha="center", va="center", color="#111111", bbox=box, zorder=3
+                    )
+                )
+        axes.margins(0.08)
+        axes.autoscale_view()
+        _separate(figure, texts_placed)
     axes.margins(0.08)
     figure.suptitle(title, fontsize=12, y=0.985)
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=_DPI)
     return out.getvalue()
+
+
+def _separate(figure: Any, texts: list[Any]) -> None:
+    """Move each label off the larger regions' labels it would cover: up or down by a line at a
+    time, a few lines at most; one that still covers another is left out (unreadable anyway)."""
+    figure.canvas.draw()  # the axes' final limits, which the labels' boxes depend on
+    renderer = figure.canvas.get_renderer()
+    taken: list[Any] = []
+    for text in texts:
+        x, y = text.get_position()
+        box = text.get_window_extent(renderer).expanded(1.0, 1.15)
+        step = box.height
+        to_data = text.axes.transData.inverted()
+        for shift in (0, -1, 1, -2, 2, -3, 3):
+            moved = box.translated(0, shift * step)
+            if not any(moved.overlaps(other) for other in taken):
+                if shift:
+                    y_new = to_data.transform((0, text.axes.transData.transform((x, y))[1] + shift * step))[1]
+                    text.set_position((x, y_new))
+                taken.append(moved)
+                break
+        else:
+            text.set_visible(False)
+
+
+def _centre(members: np.ndarray) -> tuple[float, float]:
+    """Where a region's label goes: on the member with most members near it, so the label sits
+    on the region's points (a mean or median can fall between a region's arms)."""
+    sample = members[:: max(1, len(members) // 500)]
+    spread = np.ptp(members, axis=0).max() / 10 or 1.0
+    close = (((sample[:, None, :] - sample[None, :, :]) ** 2).sum(-1) < spread**2).sum(1)
+    x, y = sample[int(np.argmax(close))]
+    return float(x), float(y)
 
 
 def _sides(xy: np.ndarray) -> list[str]:

@@ -100,9 +100,11 @@ def make_map(
         projection = project(vectors)
     xy = projection.xy
     region = mapplot.regions(xy)
-    k = int(region.max()) + 1
+    k = int(region.max()) + 1  # 0: no region stands out
     sample = _text_sample(n)
-    words = mapplot.telling_words(_texts(texts, sample), region[sample], k) if texts is not None else [""] * k
+    words = [""] * k
+    if texts is not None and k:
+        words = mapplot.telling_words(_texts(texts, sample), region[sample], k)
     shown = _texts(texts, np.arange(n)) if texts is not None and n <= mapplot.POINT_LABELS else None
     png = mapplot.draw(xy, shown, title=title, groups=region, labels=words)
     return Map(xy, region, words, png, projection)

@@ -29,10 +29,10 @@ NEIGHBORS = 15  # UMAP's default n_neighbors
 # Below this many rows, UMAP's graph of 15 neighbours links nearly every row to every other and
 # its layout is noise: the two principal axes show such a set as it is.
 UMAP_ROWS = 50
-FIT_ROWS = 20_000  # rows UMAP is fitted on; the rest are placed (benchmarks/README.md, "Map")
+FIT_ROWS = 10_000  # rows UMAP is fitted on; the rest are placed (benchmarks/README.md, "Map")
 PCA_DIMS = 50
 PLACE_NEIGHBORS = 8
-REFERENCE_ROWS = 20_000  # placed rows a new row is compared with
+REFERENCE_ROWS = 10_000  # placed rows a new row is compared with (the cost is linear in it)
 SEED = 0
 _BLOCK = 2048
 
