@@ -213,7 +213,8 @@ def _palette(k: int) -> np.ndarray:
 
     # tab20's strong shades first, then its light ones: neighbouring regions stay distinct.
     colours = colormaps["tab20"](np.arange(20))
-    return np.array([colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20] for i in range(k)])
+    picked = [colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20] for i in range(k)]
+    return np.array(picked, dtype=np.float64).reshape(-1, 4)
 
 
 def _short(text: str, width: int) -> str:
