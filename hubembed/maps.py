@@ -176,7 +176,7 @@ def map_staged(staged: Path, record: BuildRecord, dst: str, previous: EmbeddedDa
     kept = _kept(previous, table.column(HASH_COLUMN)) if previous is not None else None
     made = make_map(vectors, texts, title=_title(record.to_dict()), kept=kept)
     fitted = None
-    if kept is not None and previous is not None:
+    if made.projection.kept and previous is not None:  # none kept: a new map was fitted
         before = previous.metadata["map"]
         # The map is still the one fitted then, the new rows placed on it.
         fitted, made.projection.method = before.get("fitted_rows"), before.get("method", "umap")
