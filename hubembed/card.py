@@ -186,7 +186,7 @@ def _body(record: BuildRecord, dst: str) -> str:
     if record.precision == "int8":
         rows.insert(5, ("Precision", "int8 (`--backend onnx-int8`): within cosine 0.999 of fp32"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    picture = _map_section(record.map) if record.map else ""
+    picture = _map_section(record.map, record.rows) if record.map else ""
     query = "How can Medicare help me?" if "medicare" in src["id"].lower() else "your question"
     return f"""
 # Embeddings of `{src["id"]}`
@@ -215,14 +215,19 @@ for hit in index.search("{query}", top_k=5):
 """
 
 
-def _map_section(made: dict[str, Any]) -> str:
+def _map_section(made: dict[str, Any], rows: int) -> str:
+    from .mapplot import POINT_LABELS
+
     x, y = made.get("columns") or ("map_x", "map_y")
     if made.get("method") == "pca":
         how = "the vectors' two principal axes"
-        labels = "Each point is labelled with its text."
     else:
         how = f"UMAP fitted on {made.get('fitted_rows') or 0:,} rows, the others placed by their nearest ones"
-        labels = "Regions are labelled by the words most telling of their texts."
+    labels = (
+        "Each point is labelled with its text."
+        if rows <= POINT_LABELS
+        else "Regions are labelled by the words most telling of their texts."
+    )
     return f"""
 ## Map
 
