@@ -189,7 +189,7 @@ def map_staged(staged: Path, record: BuildRecord, dst: str, previous: EmbeddedDa
     shutil.rmtree(aside)
 
 
-def previous_map(previous: EmbeddedDataset) -> bool:
+def _has_map(previous: EmbeddedDataset) -> bool:
     """Whether PREVIOUS carries a map whose coordinates a refresh can keep."""
     names = set(previous._column_names)
     return bool(previous.metadata.get("map")) and {*COLUMNS, HASH_COLUMN} <= names
@@ -197,7 +197,7 @@ def previous_map(previous: EmbeddedDataset) -> bool:
 
 def _kept(previous: EmbeddedDataset, hashes: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
     """The rows whose text hash the previous build has, and that build's coordinates of them."""
-    if not previous_map(previous):
+    if not _has_map(previous):
         return None
     old = previous._columns([HASH_COLUMN, *COLUMNS])
     old_keys = np.array(old.column(HASH_COLUMN).to_pylist(), dtype="S64")
