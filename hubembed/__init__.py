@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["BuildResult", "EmbeddedDataset", "__version__", "build", "export", "load", "semantic_search"]
+__all__ = [
+    "BuildResult",
+    "EmbeddedDataset",
+    "__version__",
+    "build",
+    "export",
+    "load",
+    "map",
+    "semantic_search",
+]
 
 if TYPE_CHECKING:
     from .exporter import export
@@ -28,6 +37,14 @@ _LAZY = {
     "semantic_search": "search",
     "export": "exporter",
 }
+
+
+def map(dst: str, *, token: str | None = None, device: str = "auto") -> Any:
+    """Add a 2-D map of DST's rows to DST (map_x, map_y, map.png, the card's map section) in one
+    commit; returns (Map, commit sha or path). Needs hubembed[map] (hubembed/maps.py)."""
+    from .maps import publish
+
+    return publish(dst, token=token, device=device)
 
 
 def __getattr__(name: str) -> Any:

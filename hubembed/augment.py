@@ -17,7 +17,7 @@ from . import config
 from .card import METADATA_KEY, BuildRecord, read_metadata, render_card
 from .errors import DestinationError
 from .output import ShardWriter
-from .sink import Sink, open_sink
+from .sink import open_sink
 from .vectors import write_published
 
 if TYPE_CHECKING:
@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 @dataclass
 class Added:
     """Columns to add, one value per row in the rows' order (pyarrow arrays; a column of that
-    name already there is replaced), keys to set in the card's hubembed record, and columns to
-    remove."""
+    name already there is replaced), keys to set in the card's hubembed record, columns to
+    remove, and files to publish beside the shards (path in DST -> content)."""
 
     columns: dict[str, pa.Array]
     record: dict[str, Any] = field(default_factory=dict)
     drop: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 def add_columns(
@@ -68,16 +69,18 @@ def add_columns(
     added = compute(index)
     staged = sink.staging()
     try:
-        _write(staged, files, added, meta, record, sink)
+        write_added(staged, files, added, meta, record, sink.ref)
         return sink.publish(staged, message)
     except BaseException:
         sink.discard(staged)  # as a build does: nothing staged is left behind, DST as it was
         raise
 
 
-def _write(
-    staged: Path, files: list[Path], added: Added, meta: dict, record: BuildRecord, sink: Sink
+def write_added(
+    staged: Path, files: list[Path], added: Added, meta: dict, record: BuildRecord, dst: str
 ) -> None:
+    """Write FILES' rows with ADDED into STAGED (its shards, files and card); FILES must not be
+    under STAGED/data, which this writes. DST is how the card refers to the dataset."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Features
@@ -110,8 +113,12 @@ def _write(
         writer.abort()
         raise
     write_published(shards, config.EMBEDDING_COLUMN, staged)  # as a build does: same vectors
+    for name, content in added.files.items():
+        (staged / name).write_bytes(content)
+    # The card's text from the record as it will be (a map added shows in it).
+    record = BuildRecord.from_dict({**meta, **added.record}) or record
     readme = render_card(
-        record, data_files=f"data/{split}-*", features=features, num_bytes=writer.num_bytes, dst=sink.ref
+        record, data_files=f"data/{split}-*", features=features, num_bytes=writer.num_bytes, dst=dst
     )
     (staged / "README.md").write_text(_with_record(readme, {**meta, **added.record}), encoding="utf-8")
 

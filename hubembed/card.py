@@ -33,7 +33,7 @@ FINGERPRINT_KEYS = (
     "pooling",
 )
 # Keys left out of the card when None: they were added later, and cards without them mean None.
-_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling")
+_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling", "map")
 
 
 @dataclass
@@ -64,6 +64,8 @@ class BuildRecord:
     chunking: dict[str, Any] | None = None
     #: what the vectors of a pooled build depend on beyond the model: "mean/TOKENS/OVERLAP"
     pooling: str | None = None
+    #: the 2-D map (hubembed/maps.py): its columns, picture and how it was made; None: no map
+    map: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
     layout: str = "default"
     embedding_column: str = "embedding"
@@ -191,6 +193,7 @@ def _body(record: BuildRecord, dst: str) -> str:
     elif record.backend:
         rows.insert(5, ("Backend", f"{record.backend}, {record.precision or 'fp32'}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    picture = _map_section(record.map, record.rows) if record.map else ""
     query = "How can Medicare help me?" if "medicare" in src["id"].lower() else "your question"
     return f"""
 # Embeddings of `{src["id"]}`
@@ -200,7 +203,7 @@ Each row of `{src["id"]}` with an `{record.embedding_column}` column added by hu
 | | |
 |---|---|
 {table}
-
+{picture}
 ## Use
 
 ```python
@@ -216,6 +219,28 @@ index = hubembed.load("{dst}")
 for hit in index.search("{query}", top_k=5):
     print(hit["score"], hit["row"])
 ```
+"""
+
+
+def _map_section(made: dict[str, Any], rows: int) -> str:
+    from .mapplot import POINT_LABELS
+
+    x, y = made.get("columns") or ("map_x", "map_y")
+    if made.get("method") == "pca":
+        how = "the vectors' two principal axes"
+    else:
+        how = f"UMAP fitted on {made.get('fitted_rows') or 0:,} rows, the others placed by their nearest ones"
+    labels = (
+        "Each point is labelled with its text."
+        if rows <= POINT_LABELS
+        else "Regions are labelled by the words most telling of their texts."
+    )
+    return f"""
+## Map
+
+![map]({made.get("image", "map.png")})
+
+Each row at (`{x}`, `{y}`): rows with similar vectors lie close together ({how}). {labels}
 """
 
 

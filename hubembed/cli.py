@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         help="tokens the model reads (default: its own limit; at most its position limit)",
     )
     b.add_argument("--force", action="store_true", help="re-embed every row, reusing nothing")
+    b.add_argument(
+        "--map",
+        action="store_true",
+        help="add a 2-D map of the rows: map_x and map_y columns and map.png, shown in the card "
+        "(needs hubembed[map]); a refresh keeps a mapped build's map and places new rows on it",
+    )
     e = b.add_argument_group("engine")
     e.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="where to embed (default: local)"
@@ -146,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _classify_parser(commands, common)
     _export_parser(commands, common)
+    _map_parser(commands, common)
     add_workflow_parser(commands, build_parser=b)
     return parser
 
@@ -207,6 +214,19 @@ def _export_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     x.add_argument("--force", action="store_true", help="replace a Lance dataset already at PATH")
     x.add_argument("--no-index", dest="index", action="store_false", help="write the rows without an index")
     x.add_argument("--revision", help="a revision of DST")
+
+
+def _map_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    m = commands.add_parser(
+        "map",
+        parents=[common],
+        help="add a 2-D map of an embedded dataset's rows",
+        description="Map DST's rows in 2-D (UMAP, labelled regions) and add map_x, map_y and map.png to "
+        "DST, shown in its card, in one commit. Needs hubembed[map].",
+    )
+    m.add_argument("dst", metavar="DST", help="a Hub dataset id or a local folder built by hubembed")
+    m.add_argument("--png", metavar="FILE", help="also save the picture to FILE")
+    m.add_argument("--device", default="auto")
 
 
 def _verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -369,6 +389,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map(args: argparse.Namespace) -> int:
+    from .maps import publish
+
+    made, where = publish(args.dst, device=args.device)
+    if args.png:
+        made.save(args.png)
+    regions = [label for label in made.labels if label]
+    print(f"{args.dst}: mapped {plural(len(made), 'row')}; added map_x, map_y and map.png, at {where}")
+    for label in regions:
+        print(f"  {label}")
+    return 0
+
+
 def _one_line(text: Any, width: int) -> str:
     """TEXT on one line of at most WIDTH characters: the human format shortens, --json does not."""
     flat = " ".join(str(text).split())
@@ -391,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _classify(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "map":
+            return _map(args)
         return _search(args)
     except HubembedError as exc:
         print(f"Error: {exc}", file=sys.stderr)

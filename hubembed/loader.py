@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from .classify import Classification
+    from .maps import Map
 
 log = logging.getLogger("hubembed")
 
@@ -239,6 +240,13 @@ class EmbeddedDataset:
         from .classify import classify
 
         return classify(self, labels, **kwargs)
+
+    def map(self) -> Map:
+        """A 2-D map of the rows (not published): coordinates, labelled regions and a picture
+        (hubembed/maps.py; needs hubembed[map])."""
+        from .maps import map_index
+
+        return map_index(self)
 
     def search(self, query: Any, top_k: int = 10, *, by_text: bool = True) -> Any:
         """Top-k rows for QUERY: a string, a list of strings, or a tensor/array of vectors.

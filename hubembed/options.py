@@ -80,6 +80,7 @@ class OutputSpec:
     layout: str = "default"
     private: bool = False
     force: bool = False  # re-embed every row, reusing nothing
+    map: bool = False  # a 2-D map of the rows: two columns and a picture (hubembed/maps.py)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,10 @@ class BuildOptions:
                 raise UsageError(f"{flag} must be a positive number of seconds (got {seconds:g})")
         if g.gpus_per_worker < 0:
             raise UsageError(f"--gpus-per-worker must be 0 or more (got {g.gpus_per_worker:g})")
+        if o.map and o.layout == "blog":
+            raise UsageError(
+                "--map adds two columns to the rows, and --layout blog stores only the vectors: drop one of them"
+            )
         if not _DEVICE.match(e.device.strip()):
             raise UsageError(
                 f"unknown device {e.device!r}; use auto, cpu, cuda, cuda:N, a list of them, or all"

@@ -86,6 +86,12 @@ def build(
     sink = open_sink(o.dst, token=token, private=o.private)
     sink.preflight()
     previous = BuildRecord.from_dict(read_metadata(sink.existing_card() or ""))
+    # A mapped build stays mapped: a refresh keeps its rows' places and puts new rows on it.
+    mapped = o.map or bool(previous is not None and previous.map)
+    if mapped:
+        from .projection import require_map_extra
+
+        require_map_extra()  # say how to install it before any work
 
     make, model_fields, counter, resolved_model = _embedder(opts, token, embedder_factory)
     chunking = _chunking(opts, token, counter, resolved_model)
@@ -130,6 +136,12 @@ def build(
         and (not previous.skipped_rows or s.skip_empty)
     ):
         log.debug("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
+        if mapped and not previous.map:  # the rows are as built: only the map is missing
+            from .maps import publish
+
+            made, location = publish(sink.ref, token=token)
+            meta = {**previous.to_dict(), "map": made.record()}
+            return BuildResult(sink.ref, location, previous.rows, previous.dimension, 0, False, meta)
         return BuildResult(sink.ref, sink.ref, previous.rows, previous.dimension, 0, True, previous.to_dict())
 
     checkpoint = Checkpoint(f"{source.id}\0{source.config}\0{source.split}\0{source.column}", settings_key)
@@ -199,6 +211,8 @@ def build(
         record.truncated_texts = stats.truncated
         record.created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         output.finish(record)
+        if mapped:
+            _add_map(staged, record, sink, previous if same_settings and not o.force else None)
         location = sink.publish(staged, message)
     except BaseException:
         sink.discard(staged)
@@ -255,6 +269,15 @@ def _embedder(
         "precision": e.precision,
     }
     return make, fields, TruncationCounter.for_model(resolved, settings, token), resolved
+
+
+def _add_map(staged: Any, record: BuildRecord, sink: Sink, previous: BuildRecord | None) -> None:
+    """Map the staged build; a previous map's rows keep their places (hubembed/maps.py)."""
+    from .loader import load
+    from .maps import map_staged
+
+    old = load(sink.ref, sink.revision) if previous is not None and previous.map else None
+    map_staged(staged, record, sink.ref, old)
 
 
 def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
