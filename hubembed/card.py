@@ -33,7 +33,7 @@ FINGERPRINT_KEYS = (
     "pooling",
 )
 # Keys left out of the card when None: they were added later, and cards without them mean None.
-_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling")
+_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling", "quantization", "index")
 
 
 @dataclass
@@ -63,6 +63,10 @@ class BuildRecord:
     chunking: dict[str, Any] | None = None
     #: what the vectors of a pooled build depend on beyond the model: "mean/TOKENS/OVERLAP"
     pooling: str | None = None
+    #: --quantize: {"kinds", "columns", "int8_ranges": {"min", "max", "calibration_rows"}}
+    quantization: dict[str, Any] | None = None
+    #: --index: the ANN index's file, library, parameters, and the rows it covers (hubembed/ann.py)
+    index: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
     layout: str = "default"
     embedding_column: str = "embedding"

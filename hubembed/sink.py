@@ -20,7 +20,7 @@ from .errors import AuthError, DestinationError, HubembedError, HubUnreachableEr
 log = logging.getLogger("hubembed")
 
 # Files a build owns in DST; anything else already there is left alone.
-OWNED_PREFIXES = ("data/", "embeddings.csv", "README.md")
+OWNED_PREFIXES = ("data/", "embeddings.csv", "README.md", "index/")
 
 
 class Sink(ABC):
@@ -98,7 +98,8 @@ class LocalSink(Sink):
             self.path.rename(old)
             # Keep files the user added beside a previous build.
             for entry in old.iterdir():
-                if not entry.name.startswith(OWNED_PREFIXES) and not (staged / entry.name).exists():
+                owned = entry.name.startswith(OWNED_PREFIXES) or f"{entry.name}/" in OWNED_PREFIXES
+                if not owned and not (staged / entry.name).exists():
                     entry.rename(staged / entry.name)
         staged.rename(self.path)
         if old is not None:
