@@ -220,3 +220,26 @@ def test_recall_on_a_few_thousand_real_texts(tmp_path, st_model):
         got = [[h["corpus_id"] for h in hits] for hits in index.search(vectors, top_k=10, mode=mode)]
         recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
         assert recall >= floor, (mode, recall)
+
+
+def test_chunked_build_searches_by_text_in_every_mode(tmp_path, medicare_texts):
+    src, dst = tmp_path / "faqs.csv", tmp_path / "chunked"
+    src.write_bytes(csv_bytes(medicare_texts))  # an id column beside the text
+    hubembed.build(
+        str(src),
+        str(dst),
+        chunk=12,
+        quantize="int8,binary",
+        index=True,
+        progress=False,
+    )
+    index = hubembed.load(str(dst))
+    assert index.chunked and index.metadata["index"]["rows"] == index.metadata["rows"] > 13
+    for query in ("sign up for Medicare", "prescription drugs"):
+        want = index.search(query, top_k=4, mode="exact")
+        assert len({h["document"] for h in want}) == 4
+        for mode in MODES[1:]:
+            got = index.search(query, top_k=4, mode=mode)
+            assert [(h["document"], h["passage"]) for h in got] == [
+                (h["document"], h["passage"]) for h in want
+            ]
