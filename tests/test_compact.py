@@ -21,11 +21,15 @@ from tests.test_refresh import csv_bytes
 MODES = ("exact", "ann", "int8", "binary")
 
 
-def exact_ids(index, query: str, k: int) -> list[int]:
+# Library searches take vectors from the reference model (loaded once per session): a text
+# query would load the query embedder in each test.
+
+
+def exact_ids(index, query, k: int) -> list[int]:
     return [h["corpus_id"] for h in index.search(query, top_k=k, mode="exact")]
 
 
-def assert_same_as_exact(index, queries: list[str], k: int) -> None:
+def assert_same_as_exact(index, queries, k: int) -> None:
     for query in queries:
         want = index.search(query, top_k=k, mode="exact")
         for mode in MODES[1:]:
@@ -76,17 +80,18 @@ def test_cli_build_publishes_compact_columns_index_and_card(medicare_build):
     assert ix["rows"] == n and len(ix["hashes"]) == 32 and ix["connectivity"] > 0
     assert index.search_modes == ["ann", "binary", "int8", "exact"]
     # a hit shows the user's columns, not the compact copies
-    hit = index.search("Medicare", top_k=1)[0]
+    hit = index.search(np.asarray(vectors[0]), top_k=1)[0]
     assert set(hit["row"]) == {"text"}
 
 
-def test_every_mode_finds_exact_search_hits(medicare_build, medicare_texts):
+def test_every_mode_finds_exact_search_hits(medicare_build, st_model):
     index = hubembed.load(str(medicare_build))
-    assert_same_as_exact(index, ["How do I sign up for Medicare?", "drug coverage costs"], k=5)
+    queries = st_model.encode(["How do I sign up for Medicare?", "drug coverage costs", "replacement card"])
+    assert_same_as_exact(index, queries, k=5)
     # with fewer candidates than rows, the rescored top hits still match on this data
     for mode in MODES[1:]:
-        got = index.search("replacement card", top_k=3, mode=mode, rescore=1)
-        assert [h["corpus_id"] for h in got][:1] == exact_ids(index, "replacement card", 3)[:1]
+        got = index.search(queries[2], top_k=3, mode=mode, rescore=1)
+        assert [h["corpus_id"] for h in got][:1] == exact_ids(index, queries[2], 3)[:1]
 
 
 def test_cli_search_mode(medicare_build):
@@ -99,7 +104,7 @@ def test_cli_search_mode(medicare_build):
     assert [(h["corpus_id"], round(h["score"], 4)) for h in parse_hits(binary.stdout)] == want
 
 
-def test_bad_search_input_exits_2(medicare_build, tmp_path):
+def test_bad_search_input_exits_2(medicare_build):
     done = run_cli("search", str(medicare_build), "x", "--mode", "hnsw")
     assert done.returncode == 2 and "unknown search mode 'hnsw'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -110,15 +115,16 @@ def test_bad_search_input_exits_2(medicare_build, tmp_path):
         index.search("x", mode="int8", rescore=0)
 
 
-def test_modes_a_dataset_lacks_and_a_stale_index(medicare_build, tmp_path, medicare_texts):
+def test_modes_a_dataset_lacks_and_a_stale_index(medicare_build, tmp_path, medicare_texts, st_model):
     plain = tmp_path / "plain"
     hubembed.build(str(sample_path("medicare-faqs")), str(plain), quantize="int8", progress=False)
     index = hubembed.load(str(plain))
     assert index.search_modes == ["int8", "exact"]
-    assert index.search("Medicare", top_k=3) == index.search("Medicare", top_k=3, mode="int8")
+    query = st_model.encode("Medicare")
+    assert index.search(query, top_k=3) == index.search(query, top_k=3, mode="int8")
     for mode, says in (("ann", "--index"), ("binary", "--quantize binary")):
         with pytest.raises(UsageError, match=says):
-            index.search("Medicare", mode=mode)
+            index.search(query, mode=mode)
     done = run_cli("search", str(plain), "Medicare", "--mode", "ann", "--rescore", "0")
     assert done.returncode == 2 and "--rescore must be at least 1" in done.stderr
     done = run_cli("search", str(plain), "Medicare", "--mode", "ann")
@@ -138,7 +144,7 @@ def test_modes_a_dataset_lacks_and_a_stale_index(medicare_build, tmp_path, medic
     meta_index = hubembed.load(str(stale)).metadata["index"]
     assert meta_index["rows"] == len(medicare_texts)
     with pytest.raises(UsageError, match="built for other rows"):
-        hubembed.load(str(stale)).search("Medicare", mode="ann")
+        hubembed.load(str(stale)).search(query, mode="ann")
 
 
 def test_bad_build_input_exits_2_and_publishes_nothing(tmp_path):
@@ -165,7 +171,7 @@ def test_bad_build_input_exits_2_and_publishes_nothing(tmp_path):
 
 
 def test_hub_refresh_keeps_int8_buckets_and_recovers_the_index(
-    hub, alice, inference, repo_name, medicare_texts
+    hub, alice, inference, repo_name, medicare_texts, st_model
 ):
     src, dst = f"alice/{repo_name}-src", f"alice/{repo_name}"
     hub.create_repo(src, files={"data/train.csv": csv_bytes(medicare_texts[:8])})
@@ -187,7 +193,7 @@ def test_hub_refresh_keeps_int8_buckets_and_recovers_the_index(
     assert meta["quantization"]["int8_ranges"] == before["quantization"]["int8_ranges"]
     assert meta["index"]["rows"] == second.rows == len(edited) != before["index"]["rows"]
     assert meta["index"]["hashes"] != before["index"]["hashes"]
-    assert_same_as_exact(index, ["dental care", "How do I sign up for Medicare?"], k=4)
+    assert_same_as_exact(index, st_model.encode(["dental care", "How do I sign up for Medicare?"]), k=4)
 
     # Asking for the same again: up to date. Dropping --index: the next commit removes it.
     assert hubembed.build(src, dst, progress=False, **options).up_to_date
@@ -222,7 +228,7 @@ def test_recall_on_a_few_thousand_real_texts(tmp_path, st_model):
         assert recall >= floor, (mode, recall)
 
 
-def test_chunked_build_searches_by_text_in_every_mode(tmp_path, medicare_texts):
+def test_chunked_build_searches_by_text_in_every_mode(tmp_path, medicare_texts, st_model):
     src, dst = tmp_path / "faqs.csv", tmp_path / "chunked"
     src.write_bytes(csv_bytes(medicare_texts))  # an id column beside the text
     hubembed.build(
@@ -235,7 +241,7 @@ def test_chunked_build_searches_by_text_in_every_mode(tmp_path, medicare_texts):
     )
     index = hubembed.load(str(dst))
     assert index.chunked and index.metadata["index"]["rows"] == index.metadata["rows"] > 13
-    for query in ("sign up for Medicare", "prescription drugs"):
+    for query in st_model.encode(["sign up for Medicare", "prescription drugs"]):
         want = index.search(query, top_k=4, mode="exact")
         assert len({h["document"] for h in want}) == 4
         for mode in MODES[1:]:
