@@ -139,11 +139,21 @@ def run(args: Any) -> None:
 
     import hubembed
 
+    import torch
+
+    # One thread everywhere when asked (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1): on a busy
+    # 2-core machine a 2-thread BLAS call waits for the other thread's core, and made one
+    # float32 query over 20k rows 18 ms instead of 1 ms.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     real, _ = real_vectors(args.real)
     queries, base = real[-args.queries :], real[: -args.queries]
     k = args.top_k
     print(f"# real vectors: {len(real)} sentences embedded with the packaged all-MiniLM-L6-v2")
     print(f"# load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    if args.compare_libraries:
+        compare_libraries(base, queries, args.rows, k)
+        return
 
     # 1. Recall on real rows only, every mode.
     folder = work / "real"
@@ -200,3 +210,121 @@ def run(args: Any) -> None:
             f"{extra / min(plain):.0%}); {per_million:.1f} s per million rows**"
         )
     print(f"\n# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def compare_libraries(base: np.ndarray, queries: np.ndarray, rows: int, k: int) -> None:
+    """The measurements behind the choice of library: scans of ROWS codes (one query, one
+    thread) and HNSW over the real rows (build time, latency, recall after rescoring)."""
+    import faiss
+    from usearch.index import Index, MetricKind, search
+
+    from hubembed.compact import binary_codes, int8_codes
+
+    faiss.omp_set_num_threads(1)
+    corpus = scaled(base, rows, seed=3)
+    low, high = base.min(0), base.max(0)
+    codes = int8_codes(corpus, low, (high - low) / 255)
+    bits = binary_codes(corpus)
+    q, qbits = queries[:1], binary_codes(queries[:1])
+    w = np.rint(q * ((high - low) / 255) * 127 / np.abs(q * ((high - low) / 255)).max()).astype(np.float32)
+
+    def best(call: Any, rounds: int = 5) -> float:
+        call()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    flat = faiss.IndexBinaryFlat(bits.shape[1] * 8)
+    flat.add(bits)
+    words, qwords = bits.view(np.uint64), qbits.view(np.uint64)
+    direct = faiss.IndexScalarQuantizer(
+        codes.shape[1], faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT
+    )
+    faiss.copy_array_to_vector((codes.view(np.uint8) ^ np.uint8(0x80)).reshape(-1), direct.codes)
+    direct.ntotal = len(codes)
+    ranged = faiss.IndexScalarQuantizer(
+        codes.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    ranged.train(base)
+    ranged.add(corpus)
+    scans = {
+        "float32, numpy (the baseline)": lambda: np.argpartition(-(corpus @ q[0]), k)[:k],
+        "binary: faiss IndexBinaryFlat": lambda: flat.search(qbits, 4 * k),
+        "binary: numpy bitwise_count": lambda: np.argpartition(
+            np.bitwise_count(words ^ qwords).sum(1, dtype=np.uint16), 4 * k
+        )[: 4 * k],
+        "binary: usearch exact Hamming": lambda: search(
+            bits, qbits, 4 * k, MetricKind.Hamming, exact=True, threads=1
+        ),
+        "int8: faiss QT_8bit_direct_signed (chosen)": lambda: direct.search(w, 4 * k),
+        "int8: faiss QT_8bit (its own ranges)": lambda: ranged.search(q, 4 * k),
+        "int8: usearch exact i8 inner product": lambda: search(
+            codes, w.astype(np.int8), 4 * k, MetricKind.IP, exact=True, threads=1
+        ),
+    }
+    print(f"\n**Scans of {rows:,} rows, one query, one thread (best of 5)**\n")
+    print("| scan | seconds | vs float32 |\n| --- | ---: | ---: |")
+    base_s = None
+    for name, call in scans.items():
+        s = best(call)
+        base_s = base_s or s
+        print(f"| {name} | {s * 1000:.1f} ms | {base_s / s:.1f}x |")
+
+    exact = np.argsort(-(queries @ base.T), axis=1)[:, :k]
+
+    def recall_of(keys: list[np.ndarray]) -> float:
+        found = [c[np.argsort(-(base[c] @ qq))][:k] for c, qq in zip(keys, queries, strict=True)]
+        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
+
+    print(
+        f"\n**HNSW over the {len(base):,} real rows, M=16, ef_construction=128, ef_search=64, 2 threads to build**\n"
+    )
+    print("| library | build | file | open | median query | recall@10 (rescored from 40) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    work = Path(tempfile.mkdtemp(prefix="hubembed-hnsw-"))
+    start = time.perf_counter()
+    u = Index(
+        ndim=base.shape[1], metric="ip", dtype="i8", connectivity=16, expansion_add=128, expansion_search=64
+    )
+    u.add(np.arange(len(base)), base, threads=2)
+    built = time.perf_counter() - start
+    u.save(str(work / "u.usearch"))
+    start = time.perf_counter()
+    view = Index.restore(str(work / "u.usearch"), view=True)
+    opened = time.perf_counter() - start
+    view.expansion_search = 64
+    times, keys = [], []
+    for qq in queries:
+        t0 = time.perf_counter()
+        keys.append(np.asarray(view.search(qq, 4 * k, threads=1).keys, dtype=np.int64))
+        times.append(time.perf_counter() - t0)
+    size = (work / "u.usearch").stat().st_size / 2**20
+    print(
+        f"| usearch (i8, memory-mapped view) | {built:.1f} s | {size:.0f} MiB | {opened * 1000:.1f} ms | "
+        f"{statistics.median(times) * 1000:.2f} ms | {recall_of(keys):.4f} |"
+    )
+    faiss.omp_set_num_threads(2)
+    start = time.perf_counter()
+    h = faiss.IndexHNSWFlat(base.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    h.hnsw.efConstruction = 128
+    h.add(base)
+    built = time.perf_counter() - start
+    faiss.write_index(h, str(work / "f.faiss"))
+    start = time.perf_counter()
+    h = faiss.read_index(str(work / "f.faiss"))
+    opened = time.perf_counter() - start
+    h.hnsw.efSearch = 64
+    faiss.omp_set_num_threads(1)
+    times, keys = [], []
+    for qq in queries:
+        t0 = time.perf_counter()
+        keys.append(h.search(qq[None], 4 * k)[1][0])
+        times.append(time.perf_counter() - t0)
+    size = (work / "f.faiss").stat().st_size / 2**20
+    print(
+        f"| faiss IndexHNSWFlat (read whole) | {built:.1f} s | {size:.0f} MiB | {opened * 1000:.1f} ms | "
+        f"{statistics.median(times) * 1000:.2f} ms | {recall_of(keys):.4f} |"
+    )

@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=50_000, help="--compact: real vectors to embed/cache")
     parser.add_argument("--ann-rows", type=int, default=200_000, help="--compact: rows of the ANN run")
     parser.add_argument("--build-rows", type=int, default=200_000, help="--compact: rows of the build run")
+    parser.add_argument(
+        "--compare-libraries", action="store_true", help="--compact: faiss, usearch, numpy scans and HNSW"
+    )
     args = parser.parse_args()
     if args.compact:
         from _compact import run
