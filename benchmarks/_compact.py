@@ -135,11 +135,10 @@ def run(args: Any) -> None:
     work = Path(tempfile.mkdtemp(prefix="hubembed-compact-"))
     os.environ["HUBEMBED_CACHE"] = str(work / "cache")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
     from _real import real_vectors
 
     import hubembed
-
-    import torch
 
     # One thread everywhere when asked (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1): on a busy
     # 2-core machine a 2-thread BLAS call waits for the other thread's core, and made one
