@@ -170,7 +170,8 @@ def build(
         writer = BlogOutput if o.layout == "blog" else ShardOutput
         output = writer(staged, row_features, split=source.split, dst=sink.ref)
         if isinstance(output, ShardOutput):
-            prepare_compact(output, o, previous if same_settings else None, record.model)
+            # --force quantizes afresh too: new int8 ranges, from this build's first block.
+            prepare_compact(output, o, previous if same_settings and not o.force else None, record.model)
         try:
             stats = run_stream(
                 rows,
