@@ -80,14 +80,14 @@ def in_ram(index: Any, queries: np.ndarray, k: int) -> dict[str, float]:
         best = np.argpartition(-scores, k, axis=0)[:k]
         return np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 0), 0), 0)
 
-    top(queries[:1].T)
+    top(queries[:1])
     seconds = []
     for q in queries:
         start = time.perf_counter()
-        top(q[:, None])
+        top(q[None])
         seconds.append(time.perf_counter() - start)
     start = time.perf_counter()
-    top(queries.T)
+    top(queries)
     batch = time.perf_counter() - start
     return {"median": statistics.median(seconds), "batch": batch, "recall": 1.0}
 

@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rescore",
         type=int,
         metavar="N",
-        help="with --mode ann/int8/binary: rescore N x top-k candidates in float32 (default: 4)",
+        help="with --mode ann/int8/binary: rescore N x top-k candidates in float32 (default: 4; 16 for binary)",
     )
     s.add_argument(
         "--chunks",

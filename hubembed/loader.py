@@ -276,7 +276,7 @@ class EmbeddedDataset:
             vectors = self._embedder.embed_batch(query)
         fetch: Any = self._top_k
         if mode != "exact":
-            times = rescore or DEFAULT_RESCORE
+            times = rescore or DEFAULT_RESCORE[mode]
             vectors = np.asarray(vectors.cpu() if hasattr(vectors, "cpu") else vectors, dtype=np.float32)
             vectors = vectors.reshape(-1, vectors.shape[-1])
             fetch = lambda v, k: self._compact.top_k(v, k, mode, times)  # noqa: E731
