@@ -16,7 +16,6 @@ with all queries.
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -174,9 +173,10 @@ def run(args: Any) -> None:
     }
     print(f"\n**{args.rows:,} rows ({len(base)} real + perturbed copies), built in {seconds:.0f} s**\n")
     print("\n".join(table(time_modes(index, queries, k, ["int8", "binary"]), held)))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    print(f"\n(peak RSS of this process so far: {rss:,.0f} MiB)")
     del index
+    from _real import CACHE
+
+    memory(folder, CACHE / f"real-{args.real}.npy", ["exact", "int8", "binary"])
 
     # 3. ANN at ANN_ROWS: build time and latency.
     if args.ann_rows:
@@ -327,3 +327,34 @@ def compare_libraries(base: np.ndarray, queries: np.ndarray, rows: int, k: int) 
         f"| faiss IndexHNSWFlat (read whole) | {built:.1f} s | {size:.0f} MiB | {opened * 1000:.1f} ms | "
         f"{statistics.median(times) * 1000:.2f} ms | {recall_of(keys):.4f} |"
     )
+
+
+_MEMORY = """
+import sys, numpy as np, hubembed
+folder, mode, cache = sys.argv[1], sys.argv[2], sys.argv[3]
+queries = np.load(cache)[-100:]
+index = hubembed.load(folder)
+for q in queries:
+    index.search(q, top_k=10, mode=mode)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(mode, status["RssAnon"].split()[0], status["RssFile"].split()[0])
+"""
+
+
+def memory(folder: Path, cache: Path, modes: list[str]) -> None:
+    """Each MODE in a fresh process: load FOLDER, answer 100 queries one by one, then report
+    the process's anonymous memory (what it holds) and its file-backed resident pages (the
+    memory-mapped vectors and index it touched; the kernel can drop them)."""
+    import subprocess
+    import sys
+
+    print("\n| mode | anonymous RSS | file-backed RSS |\n| --- | ---: | ---: |")
+    for mode in modes:
+        done = subprocess.run(
+            [sys.executable, "-c", _MEMORY, str(folder), mode, str(cache)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        name, anon, file = done.stdout.split()
+        print(f"| {name} | {int(anon) / 1024:,.0f} MiB | {int(file) / 1024:,.0f} MiB |")
