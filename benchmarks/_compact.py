@@ -160,7 +160,7 @@ def run(args: Any) -> None:
     print("\n".join(table(time_modes(hubembed.load(str(folder)), queries, k, ["ann", "int8", "binary"]), {})))
 
     # 2. Speed at ROWS (real + perturbed copies), int8 and binary.
-    corpus = scaled(base, args.rows)
+    corpus = scaled(base, args.rows, noise=args.noise)
     folder = work / "scaled"
     seconds = build(folder, corpus, quantize="int8,binary")
     del corpus
@@ -180,7 +180,7 @@ def run(args: Any) -> None:
 
     # 3. ANN at ANN_ROWS: build time and latency.
     if args.ann_rows:
-        corpus = scaled(base, args.ann_rows, seed=1)
+        corpus = scaled(base, args.ann_rows, noise=args.noise, seed=1)
         folder = work / "ann"
         seconds = build(folder, corpus, index=True)
         del corpus

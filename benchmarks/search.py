@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--ann-rows", type=int, default=200_000, help="--compact: rows of the ANN run")
     parser.add_argument("--build-rows", type=int, default=200_000, help="--compact: rows of the build run")
     parser.add_argument(
+        "--noise", type=float, default=0.5, help="--compact: norm of the noise added to copies of real rows"
+    )
+    parser.add_argument(
         "--compare-libraries", action="store_true", help="--compact: faiss, usearch, numpy scans and HNSW"
     )
     args = parser.parse_args()
