@@ -321,13 +321,8 @@ class EmbeddedDataset:
         """A fixed-size list column (a compact copy of the vectors) as an n x width array of its
         own type, read alone from the shards."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        if self._shards is not None:
-            # Read, not mapped: the column is copied into the scanner, the shard need not stay.
-            column = pa.concat_tables(pq.read_table(f, columns=[name]) for f in self._shards[1]).column(name)
-        else:
-            column = self.column(name)
+        column = self.column(name)
         width = column.type.list_size
         values = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else None
         if values is None:

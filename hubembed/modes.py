@@ -137,7 +137,12 @@ class CompactSearch:
 
     def _scanner(self, mode: str) -> Any:
         if mode not in self._scanners:
+            import pyarrow as pa
+
             self._scanners[mode] = self._open(mode)
+            # The column was read through Arrow and copied into faiss: hand Arrow's freed
+            # pages back now, or the process keeps them resident (~2-5x the codes' size).
+            pa.default_memory_pool().release_unused()
         return self._scanners[mode]
 
     def _open(self, mode: str) -> Any:
