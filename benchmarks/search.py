@@ -3,6 +3,10 @@
     python benchmarks/search.py [--rows 1000000] [--queries 100] [--top-k 10] [--device cpu]
     python benchmarks/search.py --device cuda
     python benchmarks/search.py --threads 1 --clock cpu   # on a machine others are using
+    python benchmarks/search.py --compact [--rows 1000000] [--real 15000] [--ann-rows 200000]
+
+--compact times the search modes of issue 14 (ann, int8, binary, each rescored in float32)
+against exact search, on real model vectors: see benchmarks/_compact.py.
 
 Generates seeded random vectors (no downloads): a unit-length corpus, and the same corpus
 with rows of random length (an unnormalised model). Every path runs in this one process
@@ -128,7 +132,22 @@ def main() -> None:
         help="cpu: this process's CPU time, which other processes barely change (use with --threads 1)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compact", action="store_true", help="the search modes: ann, int8, binary")
+    parser.add_argument("--real", type=int, default=15_000, help="--compact: real vectors to embed/cache")
+    parser.add_argument("--ann-rows", type=int, default=200_000, help="--compact: rows of the ANN run")
+    parser.add_argument("--build-rows", type=int, default=200_000, help="--compact: rows of the build run")
+    parser.add_argument(
+        "--noise", type=float, default=0.5, help="--compact: norm of the noise added to copies of real rows"
+    )
+    parser.add_argument(
+        "--compare-libraries", action="store_true", help="--compact: faiss, usearch, numpy scans and HNSW"
+    )
     args = parser.parse_args()
+    if args.compact:
+        from _compact import run
+
+        run(args)
+        return
 
     import datasets
     import sentence_transformers

@@ -33,7 +33,7 @@ FINGERPRINT_KEYS = (
     "pooling",
 )
 # Keys left out of the card when None: they were added later, and cards without them mean None.
-_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling", "map")
+_OMIT_NONE = ("backend", "precision", "seq_length", "chunking", "pooling", "map", "quantization", "index")
 
 
 @dataclass
@@ -66,6 +66,10 @@ class BuildRecord:
     pooling: str | None = None
     #: the 2-D map (hubembed/maps.py): its columns, picture and how it was made; None: no map
     map: dict[str, Any] | None = None
+    #: --quantize: {"kinds", "columns", "int8_ranges": {"min", "max", "calibration_rows"}}
+    quantization: dict[str, Any] | None = None
+    #: --index: the ANN index's file, library, parameters, and the rows it covers (hubembed/ann.py)
+    index: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # SourceInfo.to_dict()
     layout: str = "default"
     embedding_column: str = "embedding"

@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         help="add a 2-D map of the rows: map_x and map_y columns and map.png, shown in the card "
         "(needs hubembed[map]); a refresh keeps a mapped build's map and places new rows on it",
     )
+    q = b.add_argument_group("search structures (need unit-length vectors)")
+    q.add_argument(
+        "--quantize",
+        metavar="KINDS",
+        help="store compact copies beside the vectors: int8, binary, float16, or a comma-separated list",
+    )
+    q.add_argument("--index", action="store_true", help="publish an ANN (HNSW) index of the vectors")
     e = b.add_argument_group("engine")
     e.add_argument(
         "--engine", choices=["local", "ray"], default="local", help="where to embed (default: local)"
@@ -140,6 +147,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="a revision of DST")
     s.add_argument("--model", help="embed the query with this model instead of the card's")
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--mode",
+        help="exact, ann (an index), int8 or binary (compact copies); default: the best DST has",
+    )
+    s.add_argument(
+        "--rescore",
+        type=int,
+        metavar="N",
+        help="with --mode ann/int8/binary: rescore N x top-k candidates in float32 (default: 4; 16 for binary)",
+    )
     s.add_argument(
         "--chunks",
         action="store_true",
@@ -289,12 +306,17 @@ def _search(args: argparse.Namespace) -> int:
     # Checked before anything loads: a model takes seconds.
     if args.top_k < 1:
         raise UsageError(f"-k/--top-k must be at least 1 (got {args.top_k})")
+    from .modes import check_mode
+
+    check_mode(args.mode, args.rescore)
     if args.device not in ("auto", "cpu"):
         from .models import pick_devices
 
         pick_devices(args.device)
     index = load(args.dst, args.revision, model=args.model, device=args.device)
-    hits = index.search(args.query, top_k=args.top_k, by_text=not args.chunks)
+    hits = index.search(
+        args.query, top_k=args.top_k, by_text=not args.chunks, mode=args.mode, rescore=args.rescore
+    )
     records = [
         {"rank": rank, **hit, "score": round(hit["score"], 6)} for rank, hit in enumerate(hits, start=1)
     ]

@@ -88,7 +88,7 @@ class EmbeddedDataset:
     def dataset(self, value: datasets.Dataset) -> None:
         # New rows: what was derived from the old ones no longer holds.
         self._dataset, self._shards = value, None
-        for derived in ("embeddings", "_corpus_norms", "_rows", "_matrix", "_numpy_norms"):
+        for derived in ("embeddings", "_corpus_norms", "_rows", "_matrix", "_numpy_norms", "_compact"):
             self.__dict__.pop(derived, None)
 
     @property
@@ -158,7 +158,8 @@ class EmbeddedDataset:
     def _rows(self) -> Any:
         """What a hit shows, as a pyarrow Table: the user's columns, not the vector, nor our
         bookkeeping hash. Read from the shards without their vectors where there are shards."""
-        hidden = [*self.embedding_columns, self.metadata.get("hash_column")]
+        compact = (self.metadata.get("quantization") or {}).get("columns") or {}
+        hidden = [*self.embedding_columns, self.metadata.get("hash_column"), *compact.values()]
         shown = [c for c in self._column_names if c not in hidden]
         if self.metadata.get("layout") == "blog":
             shown = []
@@ -248,8 +249,21 @@ class EmbeddedDataset:
 
         return map_index(self)
 
-    def search(self, query: Any, top_k: int = 10, *, by_text: bool = True) -> Any:
+    def search(
+        self,
+        query: Any,
+        top_k: int = 10,
+        *,
+        by_text: bool = True,
+        mode: str | None = None,
+        rescore: int | None = None,
+    ) -> Any:
         """Top-k rows for QUERY: a string, a list of strings, or a tensor/array of vectors.
+
+        MODE is ``exact`` (every float32 vector), ``ann`` (the index built with --index),
+        ``int8`` or ``binary`` (the copies built with --quantize); the last three rescore their
+        best ``RESCORE x top_k`` candidates in float32 (hubembed/modes.py). The default is the
+        best the dataset has (``search_modes[0]``). UsageError for a mode it does not have.
 
         A single query (a string or one vector) gives a list of hits; several give a list per
         query. Each hit is ``{"corpus_id", "score", "row"}``, best first. For a chunked build,
@@ -260,12 +274,23 @@ class EmbeddedDataset:
         single = isinstance(query, str) or (not isinstance(query, list) and np.ndim(query) == 1)
         if isinstance(query, str):
             query = [query]
+        from .modes import DEFAULT_RESCORE, check_mode, require
+
+        check_mode(mode, rescore)
+        mode = mode or self.search_modes[0]
+        require(self.metadata, mode, self.ref)
         vectors: Any = query
         if isinstance(query, list) and all(isinstance(q, str) for q in query):
             vectors = self._embedder.embed_batch(query)
-        hits = self._top_k(vectors, top_k)
+        fetch: Any = self._top_k
+        if mode != "exact":
+            times = rescore or DEFAULT_RESCORE[mode]
+            vectors = np.asarray(vectors.cpu() if hasattr(vectors, "cpu") else vectors, dtype=np.float32)
+            vectors = vectors.reshape(-1, vectors.shape[-1])
+            fetch = lambda v, k: self._compact.top_k(v, k, mode, times)  # noqa: E731
+        hits = fetch(vectors, top_k)
         if self.chunked and by_text:
-            hits = self._best_chunks(hits, vectors, top_k)
+            hits = self._best_chunks(hits, vectors, top_k, fetch)
         # A hit's row holds the user's columns: not the vector, nor our bookkeeping hash.
         # One Arrow take for all hits, instead of a row lookup per hit.
         ids = [hit["corpus_id"] for per_query in hits for hit in per_query]
@@ -286,6 +311,32 @@ class EmbeddedDataset:
                     hit["document"] = row.pop("source_row")
         return hits[0] if single else hits
 
+    @property
+    def search_modes(self) -> list[str]:
+        """The search modes this dataset has, best first: ann (an index), binary and int8
+        (compact copies), exact."""
+        from .modes import available
+
+        return available(self.metadata)
+
+    @cached_property
+    def _compact(self) -> Any:
+        from .modes import CompactSearch
+
+        return CompactSearch(self)
+
+    def column_matrix(self, name: str) -> np.ndarray:
+        """A fixed-size list column (a compact copy of the vectors) as an n x width array of its
+        own type, read alone from the shards."""
+        import pyarrow as pa
+
+        column = self.column(name)
+        width = column.type.list_size
+        values = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else None
+        if values is None:
+            return np.empty((0, width))
+        return values.to_numpy(zero_copy_only=False).reshape(-1, width)
+
     def _top_k(self, vectors: Any, top_k: int) -> list[list[dict[str, Any]]]:
         """The top_k rows of each of VECTORS: through torch where something has imported it,
         else numpy (a query embedded by the ONNX export spares torch's import)."""
@@ -304,15 +355,19 @@ class EmbeddedDataset:
             np.asarray(vectors), self._matrix, top_k, normalized=numpy_norms is None, corpus_norms=numpy_norms
         )
 
-    def _best_chunks(self, hits: list[list[dict[str, Any]]], vectors: Any, top_k: int) -> list[list[dict]]:
+    def _best_chunks(
+        self, hits: list[list[dict[str, Any]]], vectors: Any, top_k: int, fetch: Any = None
+    ) -> list[list[dict]]:
         """Of each query's chunk hits, the best chunk of each of the top_k best texts: chunk hits
-        are fetched in growing numbers until top_k texts are among them (or all chunks are)."""
+        are fetched (by FETCH(vectors, k), exact search by default) in growing numbers until
+        top_k texts are among them (or all chunks are)."""
+        fetch = fetch or self._top_k
         documents = self._source_rows
         wanted = [self._first_texts(per_query, documents, top_k) for per_query in hits]
-        fetch = max(len(per_query) for per_query in hits)
-        while any(len(w) < top_k for w in wanted) and fetch < len(documents):
-            fetch = min(fetch * 4, len(documents))
-            more = self._top_k(vectors, fetch)
+        wanted_hits = max(len(per_query) for per_query in hits)
+        while any(len(w) < top_k for w in wanted) and wanted_hits < len(documents):
+            wanted_hits = min(wanted_hits * 4, len(documents))
+            more = fetch(vectors, wanted_hits)
             wanted = [self._first_texts(per_query, documents, top_k) for per_query in more]
         return wanted
 
@@ -534,8 +589,13 @@ def _load_hub(
                 repo_id,
                 repo_type="dataset",
                 revision=revision,
-                # With the build's .npy of the vectors, which the first load maps as it is.
-                allow_patterns=[f"data/{split}-*.parquet", f"{PUBLISHED_FOLDER}/{split}.npy"],
+                # The build's .npy of the vectors, which the first load maps as it is, and the
+                # ANN index (--index): both come with the shards they cover.
+                allow_patterns=[
+                    f"data/{split}-*.parquet",
+                    f"{PUBLISHED_FOLDER}/{split}.npy",
+                    f"index/{split}.*",
+                ],
                 token=token,
                 local_files_only=offline,
             )

@@ -81,6 +81,15 @@ class OutputSpec:
     private: bool = False
     force: bool = False  # re-embed every row, reusing nothing
     map: bool = False  # a 2-D map of the rows: two columns and a picture (hubembed/maps.py)
+    #: compact copies beside the vectors: "int8,binary,float16" or a subset (hubembed/compact.py)
+    quantize: str | tuple[str, ...] | None = None
+    index: bool = False  # publish an ANN index of the vectors (hubembed/ann.py)
+
+    @property
+    def quantize_kinds(self) -> tuple[str, ...]:
+        from .compact import parse_kinds
+
+        return parse_kinds(self.quantize)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,8 @@ class BuildOptions:
         _one_of("layout", o.layout, LAYOUTS)
         _one_of("engine", g.engine, ENGINES)
         _one_of("backend", e.backend, BACKENDS)
+        if (o.quantize_kinds or o.index) and o.layout == "blog":
+            raise UsageError("--layout blog stores only the vectors as CSV: drop --quantize and --index")
         for flag, value in (
             ("--batch-size", e.batch_size),
             ("--concurrency", e.concurrency),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import config
 from .card import BuildRecord, render_card
+from .compact import Quantizer
 from .refresh import HASH_COLUMN
 from .vectors import write_published
 
@@ -62,7 +64,8 @@ def parquet_options(schema: Any) -> dict[str, Any]:
     probe.seek(0)
     parquet_schema = pq.ParquetFile(probe).schema
     paths = [parquet_schema.column(i).path for i in range(len(parquet_schema))]
-    vectors = f"{config.EMBEDDING_COLUMN}."
+    # The compact copies (--quantize, "embedding_int8"...) are vectors too.
+    vectors = (f"{config.EMBEDDING_COLUMN}.", f"{config.EMBEDDING_COLUMN}_")
     return {
         "use_dictionary": [p for p in paths if not p.startswith(vectors)],
         "compression": {p: "none" if p.startswith(vectors) else "snappy" for p in paths},
@@ -176,6 +179,9 @@ class ShardWriter:
 class Output(ABC):
     """Where the loop's blocks go, in order: rows, their vectors and their text hashes."""
 
+    #: called with the finished shards and the record before the card is written (--index)
+    before_card: Callable[[list[Path], BuildRecord], None] | None = None
+
     def __init__(self, staged: Path, features: datasets.Features, *, split: str, dst: str) -> None:
         self.staged = staged
         self.source_features = features
@@ -199,19 +205,33 @@ class ShardOutput(Output):
 
     _writer: ShardWriter | None = None
     _features: datasets.Features | None = None
+    quantizer: Quantizer | None = None  # --quantize: compact copies beside the vectors
+    shards: list[Path] | None = None  # the files, once finished
 
     def write(self, table: pa.Table, vectors: np.ndarray, hashes: pa.Array) -> None:
+        extra = {HASH_COLUMN: hashes}
+        if self.quantizer is not None:
+            extra.update(self.quantizer.columns(vectors))
         if self._writer is None:
             self._features, schema = output_features(self.source_features, vectors.shape[1], [HASH_COLUMN])
+            if self.quantizer is not None:
+                from datasets import Features
+
+                for f in self.quantizer.fields(vectors.shape[1]):
+                    schema = schema.append(f)
+                self._features = Features.from_arrow_schema(schema)
+                schema = self._features.arrow_schema
             self._writer = ShardWriter(self.staged, self.split, schema)
-        self._writer.write(append_vectors(table, vectors, {HASH_COLUMN: hashes}))
+        self._writer.write(append_vectors(table, vectors, extra))
 
     def finish(self, record: BuildRecord) -> None:
         assert self._writer is not None, "a build writes at least one row"
-        shards = self._writer.close()
+        self.shards = self._writer.close()
         # The vectors once more, as one .npy a load maps without decoding or copying
         # (benchmarks/README.md, "Load"); load_dataset and the viewer read only data/.
-        write_published(shards, config.EMBEDDING_COLUMN, self.staged)
+        write_published(self.shards, config.EMBEDDING_COLUMN, self.staged)
+        if self.before_card is not None:
+            self.before_card(self.shards, record)
         readme = render_card(
             record,
             data_files=f"data/{self.split}-*",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import config
+from .build_compact import prepare_compact, same_compact
 from .card import BuildRecord, read_metadata, truncation_note
 from .embedder import Embedder, EmbedSettings, query_settings
 from .engines import EmbedRun, Engine, LocalEngine, MakeEmbedder
@@ -134,6 +135,7 @@ def build(
         and previous.source == record.source
         # The same source has the same blank rows: skipped before, they still may be, or not.
         and (not previous.skipped_rows or s.skip_empty)
+        and same_compact(previous, o)
     ):
         log.debug("%s is up to date: source %s@%s, same settings", sink.ref, source.id, source.revision[:12])
         if mapped and not previous.map:  # the rows are as built: only the map is missing
@@ -179,6 +181,9 @@ def build(
     try:
         writer = BlogOutput if o.layout == "blog" else ShardOutput
         output = writer(staged, row_features, split=source.split, dst=sink.ref)
+        if isinstance(output, ShardOutput):
+            # --force quantizes afresh too: new int8 ranges, from this build's first block.
+            prepare_compact(output, o, previous if same_settings and not o.force else None, record.model)
         try:
             stats = run_stream(
                 rows,

@@ -20,7 +20,7 @@ from .errors import AuthError, DestinationError, HubembedError, HubUnreachableEr
 log = logging.getLogger("hubembed")
 
 # Files a build owns in DST; anything else already there is left alone.
-OWNED_PREFIXES = ("data/", "vectors/", "embeddings.csv", "README.md")
+OWNED_PREFIXES = ("data/", "vectors/", "index/", "embeddings.csv", "README.md")
 
 
 class Sink(ABC):
