@@ -93,6 +93,7 @@ def render_workflow(
     package = _check_text("package", installed_package() if package is None else package)
     if "OWNER/REPO" in package or "<full commit sha>" in package:
         raise UsageError(f"package {package!r} still holds a placeholder: give a real repository and commit")
+    package = with_extras(package, needed_extras(args))
     python_version = _check_text("python version", python_version)
     torch_index_url = _check_text("torch index url", torch_index_url, empty_ok=True)
     if not isinstance(timeout_minutes, int) or not 5 <= timeout_minutes <= 360:
@@ -268,6 +269,35 @@ def installed_package() -> str:
     PEP 610). Raises UsageError for a local or editable install, or a source tree on sys.path.
     """
     return package_spec(*_running_install())
+
+
+# Build options whose work needs an extra on the runner: without it a scheduled refresh stops
+# (a mapped build also stays mapped on refresh, hence --map's extra on every run).
+_EXTRA_OPTIONS = {"--map": "map", "--quantize": "search", "--index": "search"}
+
+
+def needed_extras(build_args: Sequence[str]) -> list[str]:
+    """The extras of hubembed that the `hubembed build` options BUILD_ARGS need."""
+    found = {_EXTRA_OPTIONS.get(a.split("=", 1)[0]) for a in build_args}
+    pairs = itertools.pairwise(build_args)
+    if "--engine=ray" in build_args or any(a == "--engine" and b == "ray" for a, b in pairs):
+        found.add("ray")
+    return sorted(e for e in found if e)
+
+
+def with_extras(package: str, extras: Sequence[str]) -> str:
+    """PACKAGE (a pip spec for hubembed) with EXTRAS: ``hubembed[map]==1.2`` or, for a URL, the
+    PEP 508 ``hubembed[map]@URL``, written without spaces since the install step splits the spec
+    on them. Any other spec (several packages, another name) is left as the user wrote it."""
+    if not extras or any(c.isspace() for c in package):
+        return package
+    named = re.fullmatch(r"hubembed(?:\[([\w,-]*)\])?((?:[=<>!~]=?|===).*)?", package)
+    if named:
+        had = [e for e in (named.group(1) or "").split(",") if e]
+        return f"hubembed[{','.join(sorted({*had, *extras}))}]{named.group(2) or ''}"
+    if re.match(r"[a-z]+\+https://|https://", package):
+        return f"hubembed[{','.join(extras)}]@{package}"
+    return package
 
 
 def package_spec(version: str, direct_url: str | None) -> str:

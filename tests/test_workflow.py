@@ -708,3 +708,44 @@ def test_built_wheel_holds_the_package_and_runs_the_readme_command(tmp_path, med
         hubembed_cli("-q", "search", "./medicare-embedded", MEDICARE_QUERY, "-k", "5", "--json").stdout
     )
     assert [h["corpus_id"] for h in hits] == [i for i, _ in MEDICARE_TOP5]
+
+
+@pytest.mark.parametrize(
+    "package, build_args, installed",
+    [
+        (PACKAGE, ["--map", "--index"], PACKAGE.replace("hubembed", "hubembed[map,search]")),
+        (
+            PACKAGE,
+            ["--quantize=int8", "--engine", "ray"],
+            PACKAGE.replace("hubembed", "hubembed[ray,search]"),
+        ),
+        (
+            f"git+https://github.com/alice/hubembed@{SHA}",
+            ["--map"],
+            f"hubembed[map]@git+https://github.com/alice/hubembed@{SHA}",
+        ),
+        ("hubembed[ray]>=0.1", ["--map"], "hubembed[map,ray]>=0.1"),
+        (PACKAGE, ["--batch-size", "8"], PACKAGE),
+    ],
+)
+def test_the_runner_installs_the_extras_the_build_options_need(package, build_args, installed, tmp_path):
+    """A scheduled refresh of a mapped or indexed build needs hubembed[map] / [search] there too:
+    pip gets one spec with them, which packaging reads as hubembed with those extras."""
+    from packaging.requirements import Requirement
+
+    data = load(render_workflow("a/b", "a/c", package=package, build_args=build_args))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {tmp_path}/args\n')
+    (fake / "python").chmod(0o755)
+    (fake / "hubembed").write_text("#!/bin/sh\n")
+    (fake / "hubembed").chmod(0o755)
+    step = next(s for s in data["jobs"]["refresh"]["steps"] if s.get("id") == "install")
+    env = {
+        "PATH": f"{fake}:/usr/bin:/bin",
+        "HUBEMBED_PACKAGE": data["jobs"]["refresh"]["env"]["HUBEMBED_PACKAGE"],
+    }
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env)
+    assert done.returncode == 0
+    assert (tmp_path / "args").read_text().splitlines()[-1] == installed
+    assert Requirement(installed).name == "hubembed"
