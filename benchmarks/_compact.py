@@ -157,24 +157,34 @@ def in_ram(index: Any, queries: np.ndarray, k: int) -> dict[str, float]:
 
 
 def time_modes(index: Any, queries: np.ndarray, k: int, modes: list[str]) -> dict[str, dict[str, float]]:
-    """Per mode: median single-query seconds, one batch's seconds, recall@k against exact."""
+    """Per mode: median single-query seconds, one batch's seconds, recall@k against exact.
+
+    A mode may name its rescoring and, for ann, the index's ef_search: "binary x100",
+    "ann x4 ef256"; a plain name uses hubembed's defaults."""
     out = {"float32 in RAM, numpy": in_ram(index, queries, k)}
     exact: list[list[int]] = []
-    for mode in ["exact", *modes]:
-        index.search(queries[0], top_k=k, mode=mode)  # warm-up: opens scanners, maps files
+    for spec in ["exact", *modes]:
+        mode, *rest = spec.split()
+        opts = {"rescore": int(rest[0][1:])} if rest and rest[0].startswith("x") else {}
+        ef = [int(r[2:]) for r in rest if r.startswith("ef")]
+        index.search(queries[0], top_k=k, mode=mode, **opts)  # warm-up: opens scanners, maps files
+        if ef:  # the query-time expansion of the opened index (the card's value otherwise)
+            index._compact._scanner("ann").expansion_search = ef[0]
         seconds, ids = [], []
         for q in queries:
             start = time.perf_counter()
-            hits = index.search(q, top_k=k, mode=mode)
+            hits = index.search(q, top_k=k, mode=mode, **opts)
             seconds.append(time.perf_counter() - start)
             ids.append([h["corpus_id"] for h in hits])
         start = time.perf_counter()
-        index.search(queries, top_k=k, mode=mode)
+        index.search(queries, top_k=k, mode=mode, **opts)
         batch = time.perf_counter() - start
         if mode == "exact":
             exact = ids
         recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)])
-        out[mode] = {"median": statistics.median(seconds), "batch": batch, "recall": float(recall)}
+        out[spec] = {"median": statistics.median(seconds), "batch": batch, "recall": float(recall)}
+        if ef:
+            index._compact._scanner("ann").expansion_search = index.metadata["index"]["expansion_search"]
     return out
 
 
@@ -248,7 +258,7 @@ def run(args: Any) -> None:
     print(
         f"\n**{args.rows:,} rows ({len(base)} real + {args.corpus}, noise {args.noise}), built in {seconds:.0f} s**\n"
     )
-    print("\n".join(table(time_modes(index, queries, k, ["int8", "binary"]), held)))
+    print("\n".join(table(time_modes(index, queries, k, ["int8", "binary", *args.binary_modes]), held)))
     del index
     from _real import CACHE
 
@@ -267,7 +277,7 @@ def run(args: Any) -> None:
             f"ef_construction={info['expansion_add']} ef_search={info['expansion_search']} {info['dtype']}; "
             f"index built in {info['build_seconds']:.0f} s (whole build {seconds:.0f} s)**\n"
         )
-        print("\n".join(table(time_modes(index, queries, k, ["ann"]), {})))
+        print("\n".join(table(time_modes(index, queries, k, ["ann", *args.ann_modes]), {})))
         del index
 
     # 4. What --quantize adds to a build: near-free embedder, so only the writing counts.

@@ -147,6 +147,18 @@ def main() -> None:
         help="--compact: how rows beyond the real ones are made (benchmarks/_compact.py, scaled)",
     )
     parser.add_argument(
+        "--binary-modes",
+        nargs="*",
+        default=[],
+        help='--compact: more binary runs at 1M, e.g. "binary x100" (rescore 100)',
+    )
+    parser.add_argument(
+        "--ann-modes",
+        nargs="*",
+        default=[],
+        help='--compact: more ann runs, e.g. "ann x4 ef256" (rescore 4, ef_search 256)',
+    )
+    parser.add_argument(
         "--neighbourhoods",
         action="store_true",
         help="--compact: compare the neighbourhoods of the real rows and of both scaled corpora",
