@@ -2,9 +2,10 @@
 
 Real model vectors (benchmarks/_real.py: sentences embedded once with the packaged model and
 cached); the last QUERIES of them are the queries, the rest the corpus. Beyond the real rows,
-the corpus is scaled to ROWS with perturbed copies of them (a real vector plus seeded Gaussian
-noise, unit length again): a model's distribution, not a uniform sphere, but not real texts
-either, so recall is reported on the real rows alone as well.
+the corpus is scaled to ROWS with synthetic rows made from them (``scaled``: mixtures of
+neighbouring real vectors by default, ``--corpus copies`` for noisy copies): a model's
+distribution, not a uniform sphere, but not real texts either, so recall is reported on the
+real rows alone as well, and ``--neighbourhoods`` compares the corpora's neighbourhoods.
 
 Every dataset is made by ``hubembed.build`` (an embedder that replays the vectors) and read by
 ``hubembed.load``, and every search is ``EmbeddedDataset.search(vector, mode=...)``: what a user
@@ -24,19 +25,83 @@ from typing import Any
 
 import numpy as np
 
+CORPORA = ("mix", "copies")
 
-def scaled(real: np.ndarray, rows: int, *, noise: float = 0.5, seed: int = 0) -> np.ndarray:
-    """REAL followed by perturbed copies of its rows, ROWS in all, unit length."""
+
+def scaled(
+    real: np.ndarray, rows: int, *, noise: float = 0.5, seed: int = 0, corpus: str = "mix"
+) -> np.ndarray:
+    """REAL followed by synthetic rows made from it, ROWS in all, unit length.
+
+    "mix": a mixture of 3 real vectors, an anchor and 2 of its 256 nearest real neighbours,
+    with random weights (Dirichlet(2, 2, 2)), unit length, plus Gaussian noise of norm NOISE:
+    each row a combination of its own (14,900 x 256 x 256 of them), so rows spread between
+    neighbouring real vectors instead of piling up on one.
+    "copies": a real vector plus Gaussian noise of norm NOISE (the first construction, kept to
+    compare): every real vector gets ~rows/len(REAL) copies around it, so the top 10 of a
+    query are mostly copies of one real vector, near-ties that no compact code can order.
+    Neither is a real corpus: benchmarks/README.md compares their neighbourhoods with the real rows'.
+    """
+    if corpus not in CORPORA:
+        raise ValueError(f"corpus {corpus!r}: use one of {CORPORA}")
     out = np.empty((rows, real.shape[1]), dtype=np.float32)
     n = min(rows, len(real))
     out[:n] = real[:n]
     rng = np.random.default_rng(seed)
+    near = _neighbours(real, min(256, len(real) - 1)) if corpus == "mix" and rows > n else None
     for start in range(n, rows, 65_536):
         block = out[start : start + 65_536]
-        block[:] = real[rng.integers(0, len(real), len(block))]
+        anchors = rng.integers(0, len(real), len(block))
+        if near is None:
+            block[:] = real[anchors]
+        else:
+            partners = near[anchors[:, None], rng.integers(0, near.shape[1], (len(block), 2))]
+            weights = rng.dirichlet(np.full(3, 2.0), len(block)).astype(np.float32)
+            block[:] = weights[:, :1] * real[anchors]
+            block += weights[:, 1:2] * real[partners[:, 0]] + weights[:, 2:] * real[partners[:, 1]]
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
         block += rng.standard_normal(block.shape, dtype=np.float32) * (noise / np.sqrt(real.shape[1]))
         block /= np.linalg.norm(block, axis=1, keepdims=True)
     return out
+
+
+def _neighbours(real: np.ndarray, k: int) -> np.ndarray:
+    """Each real row's K nearest other real rows (exact, by blocks)."""
+    out = np.empty((len(real), k), dtype=np.int64)
+    for start in range(0, len(real), 2048):
+        scores = real[start : start + 2048] @ real.T
+        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
+        out[start : start + 2048] = np.argpartition(-scores, k, axis=1)[:, :k]
+    return out
+
+
+def neighbourhoods(corpus: np.ndarray, probes: np.ndarray, skip: np.ndarray | None = None) -> str:
+    """The mean cosine of each probe's 1st, 10th and 100th nearest row of CORPUS (unit rows),
+    leaving out row SKIP[i] for probe i (a probe taken from the corpus): how close and how
+    tied a corpus' neighbourhoods are."""
+    ranks = np.empty((len(probes), 100), dtype=np.float32)
+    for i in range(0, len(probes), 16):
+        s = probes[i : i + 16] @ corpus.T
+        if skip is not None:
+            s[np.arange(len(s)), skip[i : i + 16]] = -np.inf
+        ranks[i : i + 16] = -np.sort(np.partition(-s, 99, axis=1)[:, :100], axis=1)
+    first, tenth, hundredth = ranks[:, [0, 9, 99]].mean(0)
+    return f"{first:.3f} / {tenth:.3f} / {hundredth:.3f}"
+
+
+def report_neighbourhoods(base: np.ndarray, queries: np.ndarray, corpora: dict[str, np.ndarray]) -> None:
+    """The neighbourhood check of benchmarks/README.md: real rows against synthetic corpora,
+    probed by the held-out queries and by 100 of each corpus' own (synthetic) rows."""
+    rng = np.random.default_rng(5)
+    print("\n| corpus | rows | held-out queries: 1st / 10th / 100th | own rows: 1st / 10th / 100th |")
+    print("| --- | ---: | --- | --- |")
+    for name, corpus in {"real": base, **corpora}.items():
+        first = 0 if name == "real" else len(base) // 2 if len(corpus) == len(base) else len(base)
+        skip = rng.choice(np.arange(first, len(corpus)), 100, replace=False)
+        print(
+            f"| {name} | {len(corpus):,} | {neighbourhoods(corpus, queries)} | "
+            f"{neighbourhoods(corpus, corpus[skip], skip)} |"
+        )
 
 
 def build(folder: Path, vectors: np.ndarray, **options: Any) -> float:
@@ -92,24 +157,36 @@ def in_ram(index: Any, queries: np.ndarray, k: int) -> dict[str, float]:
 
 
 def time_modes(index: Any, queries: np.ndarray, k: int, modes: list[str]) -> dict[str, dict[str, float]]:
-    """Per mode: median single-query seconds, one batch's seconds, recall@k against exact."""
+    """Per mode: median single-query seconds, one batch's seconds, recall@k against exact.
+
+    A mode may name its rescoring and, for ann, the index's ef_search: "binary x100",
+    "ann x4 ef256"; a plain name uses hubembed's defaults."""
     out = {"float32 in RAM, numpy": in_ram(index, queries, k)}
     exact: list[list[int]] = []
-    for mode in ["exact", *modes]:
-        index.search(queries[0], top_k=k, mode=mode)  # warm-up: opens scanners, maps files
+    for spec in ["exact", *modes]:
+        mode, *rest = spec.split()
+        opts = {"rescore": int(rest[0][1:])} if rest and rest[0].startswith("x") else {}
+        ef = [int(r[2:]) for r in rest if r.startswith("ef")]
+        index.search(queries[0], top_k=k, mode=mode, **opts)  # opens scanners, maps files
+        if ef:  # the query-time expansion of the opened index (the card's value otherwise)
+            index._compact._scanner("ann").expansion_search = ef[0]
+        for q in queries:  # warm-up: the pages of the index and vectors these queries visit,
+            index.search(q, top_k=k, mode=mode, **opts)  # else the first mode timed pays for them
         seconds, ids = [], []
         for q in queries:
             start = time.perf_counter()
-            hits = index.search(q, top_k=k, mode=mode)
+            hits = index.search(q, top_k=k, mode=mode, **opts)
             seconds.append(time.perf_counter() - start)
             ids.append([h["corpus_id"] for h in hits])
         start = time.perf_counter()
-        index.search(queries, top_k=k, mode=mode)
+        index.search(queries, top_k=k, mode=mode, **opts)
         batch = time.perf_counter() - start
         if mode == "exact":
             exact = ids
         recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)])
-        out[mode] = {"median": statistics.median(seconds), "batch": batch, "recall": float(recall)}
+        out[spec] = {"median": statistics.median(seconds), "batch": batch, "recall": float(recall)}
+        if ef:
+            index._compact._scanner("ann").expansion_search = index.metadata["index"]["expansion_search"]
     return out
 
 
@@ -152,6 +229,15 @@ def run(args: Any) -> None:
     if args.compare_libraries:
         compare_libraries(base, queries, args.rows, k)
         return
+    if args.neighbourhoods:
+        half = base[: len(base) // 2]
+        corpora = {}
+        for kind in CORPORA:  # as many rows as the real ones, made from half of them
+            corpora[f"half the real rows + {kind}"] = scaled(half, len(base), noise=args.noise, corpus=kind)
+        for kind in CORPORA:
+            corpora[f"real + {kind}"] = scaled(base, args.rows, noise=args.noise, seed=1, corpus=kind)
+        report_neighbourhoods(base, queries, corpora)
+        return
 
     # 1. Recall on real rows only, every mode.
     folder = work / "real"
@@ -159,8 +245,8 @@ def run(args: Any) -> None:
     print(f"\n**{len(base)} real rows, {args.queries} held-out real queries, top {k}**\n")
     print("\n".join(table(time_modes(hubembed.load(str(folder)), queries, k, ["ann", "int8", "binary"]), {})))
 
-    # 2. Speed at ROWS (real + perturbed copies), int8 and binary.
-    corpus = scaled(base, args.rows, noise=args.noise)
+    # 2. Speed at ROWS (real + synthetic rows), int8 and binary.
+    corpus = scaled(base, args.rows, noise=args.noise, corpus=args.corpus)
     folder = work / "scaled"
     seconds = build(folder, corpus, quantize="int8,binary")
     del corpus
@@ -171,8 +257,10 @@ def run(args: Any) -> None:
         "int8": f"{f32 / 4 / 2**20:,.0f} MiB int8 codes (1/4)",
         "binary": f"{f32 / 32 / 2**20:,.0f} MiB sign bits (1/32)",
     }
-    print(f"\n**{args.rows:,} rows ({len(base)} real + perturbed copies), built in {seconds:.0f} s**\n")
-    print("\n".join(table(time_modes(index, queries, k, ["int8", "binary"]), held)))
+    print(
+        f"\n**{args.rows:,} rows ({len(base)} real + {args.corpus}, noise {args.noise}), built in {seconds:.0f} s**\n"
+    )
+    print("\n".join(table(time_modes(index, queries, k, ["int8", "binary", *args.binary_modes]), held)))
     del index
     from _real import CACHE
 
@@ -180,7 +268,7 @@ def run(args: Any) -> None:
 
     # 3. ANN at ANN_ROWS: build time and latency.
     if args.ann_rows:
-        corpus = scaled(base, args.ann_rows, noise=args.noise, seed=1)
+        corpus = scaled(base, args.ann_rows, noise=args.noise, seed=1, corpus=args.corpus)
         folder = work / "ann"
         seconds = build(folder, corpus, index=True)
         del corpus
@@ -191,12 +279,12 @@ def run(args: Any) -> None:
             f"ef_construction={info['expansion_add']} ef_search={info['expansion_search']} {info['dtype']}; "
             f"index built in {info['build_seconds']:.0f} s (whole build {seconds:.0f} s)**\n"
         )
-        print("\n".join(table(time_modes(index, queries, k, ["ann"]), {})))
+        print("\n".join(table(time_modes(index, queries, k, ["ann", *args.ann_modes]), {})))
         del index
 
     # 4. What --quantize adds to a build: near-free embedder, so only the writing counts.
     if args.build_rows:
-        corpus = scaled(base, args.build_rows, seed=2)
+        corpus = scaled(base, args.build_rows, seed=2, corpus=args.corpus)
         plain, compact = [], []
         for _ in range(2):
             plain.append(build(work / "b-plain", corpus))

@@ -4,6 +4,7 @@
     python benchmarks/search.py --device cuda
     python benchmarks/search.py --threads 1 --clock cpu   # on a machine others are using
     python benchmarks/search.py --compact [--rows 1000000] [--real 15000] [--ann-rows 200000]
+    python benchmarks/search.py --compact --neighbourhoods   # the scaled corpora against the real rows
 
 --compact times the search modes of issue 14 (ann, int8, binary, each rescored in float32)
 against exact search, on real model vectors: see benchmarks/_compact.py.
@@ -137,7 +138,30 @@ def main() -> None:
     parser.add_argument("--ann-rows", type=int, default=200_000, help="--compact: rows of the ANN run")
     parser.add_argument("--build-rows", type=int, default=200_000, help="--compact: rows of the build run")
     parser.add_argument(
-        "--noise", type=float, default=0.5, help="--compact: norm of the noise added to copies of real rows"
+        "--noise", type=float, default=0.5, help="--compact: norm of the noise added to synthetic rows"
+    )
+    parser.add_argument(
+        "--corpus",
+        choices=("mix", "copies"),
+        default="mix",
+        help="--compact: how rows beyond the real ones are made (benchmarks/_compact.py, scaled)",
+    )
+    parser.add_argument(
+        "--binary-modes",
+        nargs="*",
+        default=[],
+        help='--compact: more binary runs at 1M, e.g. "binary x100" (rescore 100)',
+    )
+    parser.add_argument(
+        "--ann-modes",
+        nargs="*",
+        default=[],
+        help='--compact: more ann runs, e.g. "ann x4 ef256" (rescore 4, ef_search 256)',
+    )
+    parser.add_argument(
+        "--neighbourhoods",
+        action="store_true",
+        help="--compact: compare the neighbourhoods of the real rows and of both scaled corpora",
     )
     parser.add_argument(
         "--compare-libraries", action="store_true", help="--compact: faiss, usearch, numpy scans and HNSW"
