@@ -75,30 +75,24 @@ def rows_fingerprint(files: list[Path], hash_column: str) -> tuple[int, str]:
 def build_index(files: list[Path], staged: Path, split: str, column: str, hash_column: str) -> dict[str, Any]:
     """Build the HNSW index over COLUMN of the staged FILES, save it under STAGED, and return
     what the card records about it."""
-    import pyarrow.parquet as pq
-
-    from .vectors import matrix
+    from .vectors import decode_batches
 
     usearch = require_usearch()
     started = time.perf_counter()
     index = None
     offset = 0
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(columns=[column], batch_size=_BATCH):
-            import pyarrow as pa
-
-            vectors = matrix(pa.Table.from_batches([batch]), [column])
-            if index is None:
-                index = usearch.Index(
-                    ndim=vectors.shape[1],
-                    metric=PARAMS["metric"],
-                    dtype=PARAMS["dtype"],
-                    connectivity=PARAMS["connectivity"],
-                    expansion_add=PARAMS["expansion_add"],
-                    expansion_search=PARAMS["expansion_search"],
-                )
-            index.add(np.arange(offset, offset + len(vectors), dtype=np.uint64), vectors)
-            offset += len(vectors)
+    for vectors in decode_batches(files, column, _BATCH):
+        if index is None:
+            index = usearch.Index(
+                ndim=vectors.shape[1],
+                metric=PARAMS["metric"],
+                dtype=PARAMS["dtype"],
+                connectivity=PARAMS["connectivity"],
+                expansion_add=PARAMS["expansion_add"],
+                expansion_search=PARAMS["expansion_search"],
+            )
+        index.add(np.arange(offset, offset + len(vectors), dtype=np.uint64), vectors)
+        offset += len(vectors)
     if index is None:
         raise UsageError("--index: the build has no rows to index")
     path = staged / relative_path(split)

@@ -142,7 +142,7 @@ def cached_matrix(location: str, files: list[Path], column: str) -> np.ndarray:
     except OSError as exc:
         _remove(tmp)
         log.warning("cannot cache decoded vectors under %s (%s): decoding into memory", folder, exc)
-        return np.concatenate(list(_decode(files, column)))
+        return np.concatenate(list(decode_batches(files, column)))
     except BaseException:
         _remove(tmp)
         raise
@@ -232,15 +232,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _decode(files: list[Path], column: str) -> Iterator[np.ndarray]:
-    """COLUMN of FILES as float32 matrices of at most DECODE_ROWS rows each, in order."""
+def decode_batches(files: list[Path], column: str, rows: int = DECODE_ROWS) -> Iterator[np.ndarray]:
+    """COLUMN of FILES as float32 matrices of at most ROWS rows each, in order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for f in files:
         # Read, not mapped, and a page at a time: a mapped shard counts in the resident set.
         shard = pq.ParquetFile(f, memory_map=False, pre_buffer=False, buffer_size=1 << 20)
-        batches = shard.iter_batches(batch_size=DECODE_ROWS, columns=[column])
+        batches = shard.iter_batches(batch_size=rows, columns=[column])
         for batch in batches:
             yield matrix(pa.Table.from_batches([batch]), [column])
 
@@ -275,7 +275,7 @@ def _write_npy(
         return
     d: int | None = None
     rows = 0
-    for m in _decode(files, column):
+    for m in decode_batches(files, column):
         if d is None:
             d = m.shape[1]
             np.lib.format.write_array_header_1_0(

@@ -196,7 +196,7 @@ def test_a_loaded_repo_loads_again_offline_from_the_caches(hub, alice, source, r
     want = online.embeddings.clone()
     assert online._dataset is None  # shards, not load_dataset
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hubembed.vectors, "_decode", None)  # a second decode would fail
+    monkeypatch.setattr(hubembed.vectors, "decode_batches", None)  # a second decode would fail
     seen = len(hub.requests_log)
     offline = hubembed.load(dst)
     assert torch_equal(offline.embeddings, want)

@@ -66,7 +66,7 @@ def test_second_load_maps_the_cached_matrix_and_edits_stay_private(tmp_path, sou
     def no_decoding(*args):
         raise AssertionError("decoded the shards again")
 
-    monkeypatch.setattr(hubembed.vectors, "_decode", no_decoding)
+    monkeypatch.setattr(hubembed.vectors, "decode_batches", no_decoding)
     second = hubembed.load(str(tmp_path / "o")).embeddings
     np.testing.assert_array_equal(second.numpy(), want)
     second[0] = 0  # copy-on-write: neither the cache file nor the next load sees it
@@ -158,7 +158,7 @@ def test_first_load_maps_the_builds_npy_without_decoding_or_copying(tmp_path, so
     def refuse(*args):
         raise AssertionError("read the shards' vectors")
 
-    monkeypatch.setattr(hubembed.vectors, "_decode", refuse)
+    monkeypatch.setattr(hubembed.vectors, "decode_batches", refuse)
     monkeypatch.setattr(hubembed.vectors, "_copy", refuse)
     index = hubembed.load(str(tmp_path / "o"))
     np.testing.assert_array_equal(index.embeddings.numpy(), np.stack([vector(t) for t in texts]))
@@ -180,7 +180,7 @@ def test_shards_alone_are_copied_page_by_page_and_never_decoded(tmp_path, source
     def no_decoding(*args):
         raise AssertionError("decoded the shards")
 
-    monkeypatch.setattr(hubembed.vectors, "_decode", no_decoding)
+    monkeypatch.setattr(hubembed.vectors, "decode_batches", no_decoding)
     got = hubembed.load(str(tmp_path / "o")).embeddings.numpy()
     np.testing.assert_array_equal(got, np.stack([vector(t, 384) for t in texts]))
     assert len(cached_files()) == 1
@@ -262,7 +262,7 @@ def test_a_hub_build_publishes_its_npy_and_a_load_maps_it_then_a_refresh_reuses_
         raise AssertionError("read the shards' vectors")
 
     with monkeypatch.context() as patched:
-        patched.setattr(hubembed.vectors, "_decode", refuse)
+        patched.setattr(hubembed.vectors, "decode_batches", refuse)
         patched.setattr(hubembed.vectors, "_copy", refuse)
         got = hubembed.load(dst).embeddings.numpy()
     np.testing.assert_array_equal(got, np.stack([vector(t) for t in texts]))
