@@ -156,7 +156,7 @@ def map_staged(staged: Path, record: BuildRecord, dst: str, previous: EmbeddedDa
     import pyarrow.parquet as pq
 
     from .augment import write_added
-    from .vectors import matrix
+    from .vectors import matrix, published
 
     aside = staged / ".hubembed-unmapped"
     (staged / "data").rename(aside)
@@ -170,10 +170,13 @@ def map_staged(staged: Path, record: BuildRecord, dst: str, previous: EmbeddedDa
         )
     check_rows(record.rows, "the build")
     column = "chunk" if "chunk" in present and "source_row" in present else record.source.get("column")
-    table = pq.read_table(files, columns=[config.EMBEDDING_COLUMN, HASH_COLUMN], memory_map=True)
-    vectors = matrix(table, [config.EMBEDDING_COLUMN])
+    # The build's own .npy of its vectors (staged beside the shards), mapped: not decoded into memory.
+    vectors = published(files, config.EMBEDDING_COLUMN, record.rows)
+    if vectors is None:
+        vectors = matrix(pq.read_table(files, columns=[config.EMBEDDING_COLUMN]), [config.EMBEDDING_COLUMN])
     texts = pq.read_table(files, columns=[column]).column(column) if column in present else None
-    kept = _kept(previous, table.column(HASH_COLUMN)) if previous is not None else None
+    hashes = pq.read_table(files, columns=[HASH_COLUMN]).column(HASH_COLUMN)
+    kept = _kept(previous, hashes) if previous is not None else None
     made = make_map(vectors, texts, title=_title(record.to_dict()), kept=kept)
     fitted = None
     if made.projection.kept and previous is not None:  # none kept: a new map was fitted

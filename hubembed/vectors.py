@@ -165,7 +165,8 @@ def published_path(files: list[Path]) -> Path | None:
 def write_published(files: list[Path], column: str, folder: Path) -> Path | None:
     """Write COLUMN of the shards FILES under FOLDER as the .npy that ``published`` maps: the
     vectors' bytes copied from the shards' pages, no decoding. None (and nothing written) for
-    shards that do not store the vectors plain."""
+    shards that do not store the vectors plain. A file already there that holds these shards'
+    vectors (a build whose shards were rewritten with columns added) is kept as it is."""
     import pyarrow.parquet as pq
 
     plain = plain_ranges(files, column)
@@ -173,8 +174,10 @@ def write_published(files: list[Path], column: str, folder: Path) -> Path | None
     if plain is None or path is None:
         return None
     target = folder / PUBLISHED_FOLDER / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
     n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if target == path and published(files, column, n) is not None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as out:
         _write_npy(out, files, column, n, plain)
     return target
