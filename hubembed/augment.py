@@ -8,7 +8,7 @@ are read and written a row group at a time: memory stays bounded whatever their 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +74,16 @@ def add_columns(
     except BaseException:
         sink.discard(staged)  # as a build does: nothing staged is left behind, DST as it was
         raise
+
+
+def replaceable(index: EmbeddedDataset, wanted: Sequence[str], ours: Sequence[str], fix: str) -> list[str]:
+    """Of OURS, the columns an earlier run of the same step added, those INDEX has (to drop and
+    write anew); refuses WANTED columns that are the rows' own, the message ending with FIX."""
+    present = set(index._column_names)
+    taken = [c for c in wanted if c in present and c not in ours]
+    if taken:
+        raise DestinationError(f"{index.ref} already has a {taken[0]!r} column of its own{fix}")
+    return [c for c in ours if c in present]
 
 
 def write_added(

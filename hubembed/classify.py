@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .embedder import EmbedSettings
-from .errors import DestinationError, ModelError, SourceError, UsageError
+from .errors import ModelError, SourceError, UsageError
 
 if TYPE_CHECKING:
     from .augment import Added
@@ -218,17 +218,12 @@ def publish(
 def _replaceable(index: EmbeddedDataset, column: str) -> list[str]:
     """The columns a previous classification added (replaced by this one); refuses a COLUMN that
     would overwrite one of the rows' own columns."""
+    from .augment import replaceable
+
     previous = index.metadata.get("classification") or {}
     ours = [c for c in (previous.get("column"), previous.get("score_column")) if c]
     wanted = [column, f"{column}_score"]
-    present = set(index._column_names)
-    taken = [c for c in wanted if c in present and c not in ours]
-    if taken:
-        raise DestinationError(
-            f"{index.ref} already has a {taken[0]!r} column of its own; give the labels another "
-            "column with --column NAME"
-        )
-    return [c for c in ours if c in present]
+    return replaceable(index, wanted, ours, "; give the labels another column with --column NAME")
 
 
 def _added(result: Classification, column: str, drop: list[str]) -> Added:

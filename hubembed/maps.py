@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import config
-from .errors import ColumnError, DestinationError, SourceError
+from .errors import ColumnError, SourceError
 from .projection import Projection, check_rows, place, project, require_map_extra
 from .refresh import HASH_COLUMN
 
@@ -215,15 +215,10 @@ def _kept(previous: EmbeddedDataset, hashes: pa.ChunkedArray) -> tuple[np.ndarra
 
 def _replaceable(index: EmbeddedDataset) -> list[str]:
     """The map columns a previous map added (replaced); refuses columns of the rows' own."""
-    present = set(index._column_names)
-    ours = set((index.metadata.get("map") or {}).get("columns") or [])
-    taken = [c for c in COLUMNS if c in present and c not in ours]
-    if taken:
-        raise DestinationError(
-            f"{index.ref} already has a {taken[0]!r} column of its own, which the map would overwrite; "
-            "rename it first"
-        )
-    return [c for c in ours if c in present]
+    from .augment import replaceable
+
+    ours = (index.metadata.get("map") or {}).get("columns") or []
+    return replaceable(index, COLUMNS, ours, ", which the map would overwrite; rename it first")
 
 
 def _added(made: Map, record: dict[str, Any], drop: list[str]) -> Added:
