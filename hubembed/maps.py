@@ -22,7 +22,7 @@ import numpy as np
 from . import config
 from .errors import ColumnError, SourceError
 from .projection import Projection, check_rows, place, project, require_map_extra
-from .refresh import HASH_COLUMN
+from .refresh import HASH_COLUMN, ReuseIndex, hash_keys
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -203,14 +203,13 @@ def _kept(previous: EmbeddedDataset, hashes: pa.ChunkedArray) -> tuple[np.ndarra
     if not _has_map(previous):
         return None
     old = previous._columns([HASH_COLUMN, *COLUMNS])
-    old_keys = np.array(old.column(HASH_COLUMN).to_pylist(), dtype="S64")
     old_xy = np.column_stack([old.column(c).to_numpy() for c in COLUMNS]).astype(np.float32)
-    order = np.argsort(old_keys, kind="stable")
-    old_keys, old_xy = old_keys[order], old_xy[order]
-    keys = np.array(hashes.to_pylist(), dtype="S64")
-    at = np.minimum(np.searchsorted(old_keys, keys), max(len(old_keys) - 1, 0))
-    found = np.flatnonzero(old_keys[at] == keys) if len(old_keys) else np.empty(0, np.int64)
-    return found, old_xy[at[found]]
+    # Looked up as a refresh looks up vectors: by text hash, the coordinates in place of vectors.
+    places = ReuseIndex()
+    places.add(hash_keys(old.column(HASH_COLUMN).chunks), old_xy)
+    ids = places.find(hash_keys(hashes.chunks))
+    found = np.flatnonzero(ids >= 0)
+    return found, places.take(ids[found])
 
 
 def _replaceable(index: EmbeddedDataset) -> list[str]:

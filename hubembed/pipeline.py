@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from . import config
 from .build_compact import prepare_compact, same_compact
 from .card import BuildRecord, read_metadata, truncation_note
@@ -25,7 +23,7 @@ from .errors import ColumnError, DestinationError, ModelError, UsageError
 from .models import ResolvedModel, check_prompt_name, pick_devices, resolve_model
 from .options import BuildOptions
 from .output import BlogOutput, ShardOutput
-from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex
+from .refresh import HASH_COLUMN, Checkpoint, ReuseIndex, hash_keys
 from .retry import Deadline, RetryPolicy
 from .sink import Sink, open_sink
 from .source import choose_column, open_stream, resolve_source
@@ -303,8 +301,7 @@ def _add_previous(sink: Sink, reuse: ReuseIndex) -> None:
         )
     else:
         batches = iter(old.column(HASH_COLUMN).chunks)
-    keys = [np.frombuffer(bytes.fromhex("".join(b.to_pylist())), dtype="S32").astype("S16") for b in batches]
-    reuse.add(np.concatenate(keys) if keys else np.empty(0, "S16"), vectors)
+    reuse.add(hash_keys(batches), vectors)
 
 
 def _chunking(

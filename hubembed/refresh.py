@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,13 @@ HASH_COLUMN = "text_sha256"
 # The index keys on the first 16 bytes of each sha256: half the memory of whole digests, and
 # still 128 bits, so two different texts are not taken for one.
 _KEY = "S16"
+
+
+def hash_keys(chunks: Iterable[Any]) -> np.ndarray:
+    """The keys of HASH_COLUMN's hex digests, given as Arrow arrays a chunk at a time, as
+    ReuseIndex keys them."""
+    keys = [np.frombuffer(bytes.fromhex("".join(c.to_pylist())), dtype="S32").astype(_KEY) for c in chunks]
+    return np.concatenate(keys) if keys else np.empty(0, _KEY)
 
 
 class ReuseIndex:
