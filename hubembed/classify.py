@@ -18,6 +18,7 @@ import numpy as np
 
 from .embedder import EmbedSettings
 from .errors import ModelError, SourceError, UsageError
+from .vectors import unit_rows
 
 if TYPE_CHECKING:
     from .augment import Added
@@ -124,7 +125,7 @@ def nearest(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each of ROWS (n x d, memory-mapped or not), the index of the most cosine-similar of
     LABELS (k x d) and that cosine; ties go to the first label, as argmax does."""
-    units = labels / np.maximum(np.linalg.norm(labels, axis=1, keepdims=True), 1e-12)
+    units = unit_rows(labels)
     by_column = np.ascontiguousarray(units.T, dtype=np.float32)
     n = len(rows)
     best = np.empty(n, dtype=np.int64)

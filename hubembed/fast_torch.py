@@ -34,6 +34,7 @@ import numpy as np
 from .embedder import Embedder, EmbedSettings
 from .errors import UsageError
 from .onnx_embedder import TextPlan, text_plan
+from .vectors import unit_rows
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +117,7 @@ class FastTorchEmbedder(Embedder):
         half = self.embed_batch(texts)
         half_model, self.model = self.model, fp32
         full = self.embed_batch(texts)
-        self.calibration_cosine = float((_unit(half) * _unit(full)).sum(axis=1).min())
+        self.calibration_cosine = float((unit_rows(half) * unit_rows(full)).sum(axis=1).min())
         if self.calibration_cosine < min_cosine:
             log.warning(
                 "%s moves this model's vectors too far from fp32 (lowest cosine %.5f on hubembed's "
@@ -265,10 +266,6 @@ def _use_sdpa(hf: Any) -> None:
         hf.set_attn_implementation("sdpa")
     except (ValueError, ImportError, AttributeError) as exc:  # an architecture without it: eager
         log.debug("SDPA attention not available for this model (%s): keeping its own", exc)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class MultiDeviceEmbedder(Embedder):

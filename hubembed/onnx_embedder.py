@@ -24,6 +24,7 @@ import numpy as np
 from . import config
 from .embedder import Embedder, EmbedSettings, LocalEmbedder
 from .errors import ModelError, UsageError
+from .vectors import unit_rows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -362,17 +363,12 @@ def pool_outputs(
         weights = mask[:, :, None].astype(np.float32)
         vectors = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
     if model_normalizes:
-        vectors = _unit(vectors)
+        vectors = unit_rows(vectors)
     if truncate_dim:
         vectors = vectors[:, :truncate_dim]
     if normalize:
-        vectors = _unit(vectors)
+        vectors = unit_rows(vectors)
     return vectors.astype(np.float32, copy=False)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    # torch.nn.functional.normalize's eps, so an all-zero row stays zero as in sentence-transformers
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def make_onnx_embedder(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UsageError
+from .vectors import unit_rows
 
 log = logging.getLogger("hubembed")
 
@@ -83,7 +84,7 @@ def project(vectors: np.ndarray, *, fit_rows: int = FIT_ROWS, seed: int = SEED) 
     fitted = (
         np.arange(n) if n <= fit_rows else np.sort(np.random.default_rng(seed).choice(n, fit_rows, False))
     )
-    sample = _unit(np.asarray(vectors[fitted], dtype=np.float32))
+    sample = unit_rows(np.asarray(vectors[fitted], dtype=np.float32))
     mean, basis = _pca(sample)
     reduced = _reduce(sample, mean, basis)
     xy = np.empty((n, 2), dtype=np.float32)
@@ -95,7 +96,7 @@ def project(vectors: np.ndarray, *, fit_rows: int = FIT_ROWS, seed: int = SEED) 
     rest = np.setdiff1d(np.arange(n), fitted, assume_unique=True)
     for at in range(0, len(rest), 65_536):
         rows = rest[at : at + 65_536]
-        block = _reduce(_unit(np.asarray(vectors[rows], dtype=np.float32)), mean, basis)
+        block = _reduce(unit_rows(np.asarray(vectors[rows], dtype=np.float32)), mean, basis)
         xy[rows] = _place(reduced, xy[fitted], block)
     seconds = {"fit": fit_done - start_time, "place": time.perf_counter() - fit_done}
     log.debug(
@@ -120,23 +121,16 @@ def place(known: np.ndarray, known_xy: np.ndarray, new: np.ndarray, *, seed: int
         if n <= REFERENCE_ROWS
         else np.sort(np.random.default_rng(seed).choice(n, REFERENCE_ROWS, False))
     )
-    reference = _unit(np.asarray(known[pick], dtype=np.float32))
+    reference = unit_rows(np.asarray(known[pick], dtype=np.float32))
     mean, basis = _pca(reference)
     reduced = _reduce(reference, mean, basis)
     out = np.empty((len(new), 2), dtype=np.float32)
     for start in range(0, len(new), 65_536):
-        block = _unit(np.asarray(new[start : start + 65_536], dtype=np.float32))
+        block = unit_rows(np.asarray(new[start : start + 65_536], dtype=np.float32))
         out[start : start + len(block)] = _place(
             reduced, np.asarray(known_xy)[pick], _reduce(block, mean, basis)
         )
     return out
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    # Cosine is what the vectors are compared by (search, classify): on unit rows it orders
-    # neighbours as euclidean distance does, which UMAP and the placement use.
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, 1e-12)
 
 
 def _pca(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

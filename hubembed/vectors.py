@@ -92,6 +92,12 @@ def matrix(table: Any, columns: list[str]) -> np.ndarray:
     return out
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """X's rows scaled to length 1, with torch.nn.functional.normalize's eps, so an all-zero row
+    stays zero as in sentence-transformers."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def unit_length(vectors: np.ndarray) -> bool:
     """Whether every row has length 1, as a card's ``normalized`` records it (to 1e-3)."""
     # einsum: the squared norms without a temporary the size of VECTORS
