@@ -94,7 +94,7 @@ def make_map(
         new = np.setdiff1d(np.arange(n), rows)
         xy = np.empty((n, 2), dtype=np.float32)
         xy[rows] = old_xy
-        xy[new] = place(vectors[rows], old_xy, vectors[new])
+        xy[new] = place(vectors, rows, old_xy, new)
         projection = Projection(xy, 0, len(new), len(rows))
     else:
         projection = project(vectors)

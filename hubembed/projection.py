@@ -85,8 +85,7 @@ def project(vectors: np.ndarray, *, fit_rows: int = FIT_ROWS, seed: int = SEED) 
         np.arange(n) if n <= fit_rows else np.sort(np.random.default_rng(seed).choice(n, fit_rows, False))
     )
     sample = unit_rows(np.asarray(vectors[fitted], dtype=np.float32))
-    mean, basis = _pca(sample)
-    reduced = _reduce(sample, mean, basis)
+    reduced = _reduce(sample, *_pca(sample))
     xy = np.empty((n, 2), dtype=np.float32)
     if n < UMAP_ROWS:
         return Projection(np.ascontiguousarray(reduced[:, :2]), n, 0, 0, 0, "pca")
@@ -94,10 +93,8 @@ def project(vectors: np.ndarray, *, fit_rows: int = FIT_ROWS, seed: int = SEED) 
     xy[fitted] = _umap(reduced, neighbors, seed)
     fit_done = time.perf_counter()
     rest = np.setdiff1d(np.arange(n), fitted, assume_unique=True)
-    for at in range(0, len(rest), 65_536):
-        rows = rest[at : at + 65_536]
-        block = _reduce(unit_rows(np.asarray(vectors[rows], dtype=np.float32)), mean, basis)
-        xy[rows] = _place(reduced, xy[fitted], block)
+    # Every fitted row is a reference: the same PCA of the same sample as the fit's.
+    xy[rest] = place(vectors, fitted, xy[fitted], rest, reference_rows=len(fitted))
     seconds = {"fit": fit_done - start_time, "place": time.perf_counter() - fit_done}
     log.debug(
         "map: UMAP of %d rows in %.1f s, %d placed in %.1f s",
@@ -109,27 +106,35 @@ def project(vectors: np.ndarray, *, fit_rows: int = FIT_ROWS, seed: int = SEED) 
     return Projection(xy, len(fitted), len(rest), 0, neighbors, seconds=seconds)
 
 
-def place(known: np.ndarray, known_xy: np.ndarray, new: np.ndarray, *, seed: int = SEED) -> np.ndarray:
-    """Coordinates for NEW rows (m x d) on a map whose rows KNOWN (n x d) sit at KNOWN_XY: each
-    at the similarity-weighted mean of its nearest known rows (compared with at most
-    REFERENCE_ROWS of them, a seeded sample)."""
+def place(
+    vectors: np.ndarray,
+    known: np.ndarray,
+    known_xy: np.ndarray,
+    new: np.ndarray,
+    *,
+    reference_rows: int = REFERENCE_ROWS,
+    seed: int = SEED,
+) -> np.ndarray:
+    """Coordinates for the rows NEW of VECTORS (n x d, memory-mapped or not) on a map whose
+    rows KNOWN sit at KNOWN_XY: each at the similarity-weighted mean of its nearest known rows
+    (compared with at most REFERENCE_ROWS of them, a seeded sample). Only the reference rows and
+    a block of new rows at a time are read into memory."""
     if len(new) == 0:
         return np.empty((0, 2), dtype=np.float32)
     n = len(known)
     pick = (
         np.arange(n)
-        if n <= REFERENCE_ROWS
-        else np.sort(np.random.default_rng(seed).choice(n, REFERENCE_ROWS, False))
+        if n <= reference_rows
+        else np.sort(np.random.default_rng(seed).choice(n, reference_rows, False))
     )
-    reference = unit_rows(np.asarray(known[pick], dtype=np.float32))
+    reference = unit_rows(np.asarray(vectors[known[pick]], dtype=np.float32))
     mean, basis = _pca(reference)
     reduced = _reduce(reference, mean, basis)
+    reference_xy = np.asarray(known_xy)[pick]
     out = np.empty((len(new), 2), dtype=np.float32)
     for start in range(0, len(new), 65_536):
-        block = unit_rows(np.asarray(new[start : start + 65_536], dtype=np.float32))
-        out[start : start + len(block)] = _place(
-            reduced, np.asarray(known_xy)[pick], _reduce(block, mean, basis)
-        )
+        block = unit_rows(np.asarray(vectors[new[start : start + 65_536]], dtype=np.float32))
+        out[start : start + len(block)] = _place(reduced, reference_xy, _reduce(block, mean, basis))
     return out
 
 
